@@ -1,0 +1,45 @@
+"""Domain records: a material as the user knows it, and a record that was turned away."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+LabelValue = str | float | None
+
+
+@dataclass(frozen=True)
+class Material:
+    """One material: formula, space group, optional crystal structure, and raw labels.
+
+    ``labels`` maps a label column to its raw value (a class name or a number);
+    ``None`` marks a missing label, which then does not contribute to that task.
+    ``source`` says where the record came from (``file:line``) for reports.
+    """
+
+    id: str
+    formula: str
+    spacegroup: int | None
+    labels: dict[str, LabelValue] = field(default_factory=dict)
+    structure: Structure | None = None
+    source: str = ""
+
+    @property
+    def has_structure(self) -> bool:
+        return self.structure is not None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record left out of the dataset, with the one-line reason why."""
+
+    id: str
+    source: str
+    reason: str
+    category: str
+
+    def as_row(self) -> dict[str, str]:
+        return {"id": self.id, "source": self.source, "category": self.category, "reason": self.reason}

@@ -1,0 +1,49 @@
+"""Exception types.
+
+Every error a user can cause derives from :class:`TopoclassError`; the CLI prints
+it as one line and exits with code 2. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TopoclassError(Exception):
+    """A problem the user can fix: shown as one line, never as a traceback."""
+
+
+class ConfigError(TopoclassError):
+    """An invalid configuration key, value or file."""
+
+
+class DataError(TopoclassError):
+    """Bad input data; the message names the file, line and field when known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        self.reason = message
+        where = ""
+        if self.file is not None:
+            where = self.file if line is None else f"{self.file}:{line}"
+        if field is not None:
+            where = f"{where}: field '{field}'" if where else f"field '{field}'"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class CheckpointError(TopoclassError):
+    """A checkpoint that cannot be written, read or trusted."""
+
+
+class CheckpointLockedError(CheckpointError):
+    """Another live process owns the checkpoint directory."""
