@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pymatgen.core import Structure
+from pathlib import Path
 
 LabelValue = str | float | None
+
+
+@dataclass(frozen=True)
+class StructureRef:
+    """Where a crystal structure comes from: a file, or inline text.
+
+    Structures are referenced, not parsed, when a dataset is read: parsing is the
+    expensive part of featurization and runs once, in worker processes, and only
+    when the featurization cache misses.
+    """
+
+    path: Path | None = None
+    text: str | None = None
+    format: str | None = None  # "cif", "poscar", "extxyz", "json"; None: inferred
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else "<inline structure>"
 
 
 @dataclass(frozen=True)
 class Material:
     """One material: formula, space group, optional crystal structure, and raw labels.
 
-    ``labels`` maps a label column to its raw value (a class name or a number);
+    ``formula`` may be empty and ``spacegroup`` None when they are to be derived
+    from the structure. ``labels`` maps a label column to its raw value (a class name or a number);
     ``None`` marks a missing label, which then does not contribute to that task.
     ``source`` says where the record came from (``file:line``) for reports.
     """
@@ -24,7 +39,7 @@ class Material:
     formula: str
     spacegroup: int | None
     labels: dict[str, LabelValue] = field(default_factory=dict)
-    structure: Structure | None = None
+    structure: StructureRef | None = None
     source: str = ""
 
     @property

@@ -1,0 +1,91 @@
+"""The featurized dataset: every sample as rows of preloaded tensors.
+
+Nothing is computed per sample at training time: a batch is a set of row
+indices sliced out of these tensors (and out of the packed graph store for
+samples that have a structure).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from topoclass.config import TaskConfig
+
+if TYPE_CHECKING:
+    from topoclass.features.graph_store import GraphStore
+
+
+@dataclass
+class FeatureSet:
+    """Preloaded features and labels of N materials for T tasks."""
+
+    ids: list[str]
+    formulas: list[str]
+    tasks: list[TaskConfig]
+    element_index: torch.Tensor  # [N, E] atomic numbers, 0 = padding
+    element_fraction: torch.Tensor  # [N, E]
+    spacegroup: torch.Tensor  # [N] 1..230
+    labels: torch.Tensor  # [N, T] class index or value; NaN = missing
+    graph_index: torch.Tensor  # [N] row in `graphs`, -1 = no structure
+    graphs: GraphStore | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_structures(self) -> bool:
+        return self.graphs is not None and bool((self.graph_index >= 0).any())
+
+    def batch(self, rows: torch.Tensor, *, with_graphs: bool) -> dict[str, Any]:
+        """Slice one mini-batch; graphs only for rows that have a structure."""
+        batch: dict[str, Any] = {
+            "element_index": self.element_index[rows],
+            "element_fraction": self.element_fraction[rows],
+            "spacegroup": self.spacegroup[rows],
+            "labels": self.labels[rows],
+        }
+        if with_graphs and self.graphs is not None:
+            graph_rows = self.graph_index[rows]
+            present = torch.nonzero(graph_rows >= 0).squeeze(1)
+            if len(present) > 0:
+                batch["graph"] = self.graphs.batch(graph_rows[present].tolist())
+                batch["graph_rows"] = present
+        return batch
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat tensor dict for the cache (graphs prefixed with ``graph.``)."""
+        out = {
+            "element_index": self.element_index,
+            "element_fraction": self.element_fraction,
+            "spacegroup": self.spacegroup,
+            "labels": self.labels,
+            "graph_index": self.graph_index,
+        }
+        if self.graphs is not None:
+            out.update({f"graph.{k}": v for k, v in self.graphs.to_tensors().items()})
+        return out
+
+
+def encode_labels(labels: list[dict[str, Any]], tasks: list[TaskConfig]) -> torch.Tensor:
+    """Canonical label dicts -> [N, T] float tensor (class index or value, NaN if missing)."""
+    out = np.full((len(labels), len(tasks)), math.nan, dtype=np.float32)
+    for col, task in enumerate(tasks):
+        lookup = {name: i for i, name in enumerate(task.classes or [])}
+        for row, record in enumerate(labels):
+            value = record.get(task.label_column)
+            if value is None:
+                continue
+            out[row, col] = lookup[value] if task.type == "classification" else float(value)
+    return torch.from_numpy(out)
+
+
+def decode_label(task: TaskConfig, value: float) -> str | float | None:
+    """Inverse of :func:`encode_labels` for one value."""
+    if math.isnan(value):
+        return None
+    return (task.classes or [])[int(value)] if task.type == "classification" else float(value)

@@ -1,0 +1,66 @@
+"""Evaluating a finished run on its test split, beside the gradient-boosting baseline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from topoclass.config import Config
+from topoclass.evaluation.baseline import fit_and_evaluate_baseline
+from topoclass.evaluation.metrics import evaluate_tasks
+from topoclass.evaluation.predict import load_run
+from topoclass.evaluation.report import format_results_table, write_evaluation
+from topoclass.model.inference import raw_outputs, to_probabilities
+from topoclass.train.run import RunPaths, load_or_make_split, prepare_data
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_run(
+    run_dir: Path, *, with_baseline: bool = True, split_name: str = "test"
+) -> tuple[dict[str, Any], str]:
+    """Metrics of the run's best model (and the baseline) on a split; writes JSON and figures."""
+    run = load_run(run_dir)
+    data = prepare_data(run.config)
+    split = load_or_make_split(run.config, data, run.paths)
+    rows = split[split_name]
+    outputs = raw_outputs(run.model, data.features, rows, batch_size=1024, device=run.device)
+    labels = data.features.labels[rows].numpy()
+    results: dict[str, Any] = {
+        "neural": evaluate_tasks(data.features.tasks, labels, to_probabilities(outputs))
+    }
+    if with_baseline:
+        results["baseline"] = fit_and_evaluate_baseline(
+            data.features, split, seed=run.config.train.seed, eval_split=split_name
+        )
+    history = _read_history(run.paths.root / "metrics.jsonl")
+    written = write_evaluation(run.paths.root / "evaluation", results, history)
+    table = format_results_table(results)
+    (run.paths.root / "evaluation" / "results.md").write_text(table + "\n")
+    logger.info("Evaluation written to %s", written["metrics"].parent)
+    return results, table
+
+
+def _read_history(path: Path) -> list[dict[str, Any]] | None:
+    if not path.exists():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_baseline(config: Config, split_name: str = "test") -> tuple[dict[str, Any], str]:
+    """Baseline metrics on the split of the run a config describes (made and saved if new)."""
+    paths = RunPaths.for_config(config)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(config)
+    split = load_or_make_split(config, data, paths)
+    results = {
+        "baseline": fit_and_evaluate_baseline(
+            data.features, split, seed=config.train.seed, eval_split=split_name
+        )
+    }
+    out = paths.root / "baseline.json"
+    out.write_text(json.dumps(results, indent=2))
+    logger.info("Baseline metrics written to %s", out)
+    return results, format_results_table(results)

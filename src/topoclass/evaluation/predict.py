@@ -1,0 +1,140 @@
+"""Using a trained run: load its best model, evaluate it on the test split, predict new materials."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from topoclass.checkpoint.manager import CheckpointManager
+from topoclass.config import Config, TaskConfig, load_config
+from topoclass.data.featureset import FeatureSet
+from topoclass.data.records import Material
+from topoclass.data.tables import read_table
+from topoclass.errors import ConfigError, DataError
+from topoclass.features.composition import encode_compositions, parse_composition
+from topoclass.model.inference import raw_outputs, to_probabilities
+from topoclass.model.multitask import MultitaskModel
+from topoclass.train.device import select_device
+from topoclass.train.loop import build_model
+from topoclass.train.run import RunPaths
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedRun:
+    """A run directory's config, tasks and best model, ready for inference."""
+
+    config: Config
+    tasks: list[TaskConfig]
+    model: MultitaskModel
+    paths: RunPaths
+    checkpoint: Path
+    device: torch.device
+
+
+def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
+    """Load a run's resolved config and the weights of its best checkpoint."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise ConfigError(f"{run_dir}: not a topoclass run directory (no config.yaml)")
+    config = load_config(config_file)
+    paths = RunPaths.for_config(config.model_copy(update={"run_dir": run_dir}))
+    manager = CheckpointManager(paths.checkpoints)
+    best = paths.checkpoints / "best"
+    loaded = manager.load(best) if best.exists() else manager.find_latest()
+    if loaded is None:
+        raise ConfigError(f"{run_dir}: no verified checkpoint to load")
+    tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
+    model = build_model(config, tasks)
+    model.load_state_dict(loaded.state["model"])
+    target = select_device(device)
+    return TrainedRun(config, tasks, model.to(target).eval(), paths, loaded.path, target)
+
+
+def _problem(material: Material) -> str | None:
+    if material.spacegroup is None or not 1 <= material.spacegroup <= 230:
+        return f"space group must be an integer in 1..230, got {material.spacegroup}"
+    try:
+        parse_composition(material.formula)
+    except (ValueError, KeyError) as exc:
+        return f"unparsable formula '{material.formula}' ({exc})"
+    return None
+
+
+def table_materials(path: Path) -> list[Material]:
+    """Materials of a prediction table; unusable rows are reported and skipped."""
+    materials, rejects = read_table(path)
+    for reject in rejects:
+        logger.warning("%s: %s; skipped", reject.source, reject.reason)
+    usable = []
+    for material in materials:
+        problem = _problem(material)
+        if problem is None:
+            usable.append(material)
+        else:
+            logger.warning("%s: %s; skipped", material.source, problem)
+    if not usable:
+        raise DataError("no usable rows to predict", file=path)
+    return usable
+
+
+def features_for_materials(materials: list[Material], tasks: list[TaskConfig]) -> FeatureSet:
+    """Features of unlabelled materials given by formula and space group."""
+    for material in materials:
+        problem = _problem(material)
+        if problem is not None:
+            raise DataError(problem, file=material.source or None)
+    element_index, element_fraction = encode_compositions([m.formula for m in materials])
+    n = len(materials)
+    return FeatureSet(
+        ids=[m.id for m in materials],
+        formulas=[m.formula for m in materials],
+        tasks=tasks,
+        element_index=torch.from_numpy(element_index),
+        element_fraction=torch.from_numpy(element_fraction),
+        spacegroup=torch.tensor([m.spacegroup for m in materials], dtype=torch.long),
+        labels=torch.full((n, len(tasks)), float("nan")),
+        graph_index=torch.full((n,), -1, dtype=torch.long),
+    )
+
+
+def predict(run: TrainedRun, features: FeatureSet) -> list[dict[str, Any]]:
+    """One row per material: predicted class and class probabilities per task."""
+    outputs = to_probabilities(
+        raw_outputs(run.model, features, torch.arange(len(features)), batch_size=1024, device=run.device)
+    )
+    rows = []
+    for i, (material_id, formula) in enumerate(zip(features.ids, features.formulas, strict=True)):
+        row: dict[str, Any] = {
+            "id": material_id,
+            "formula": formula,
+            "spacegroup": int(features.spacegroup[i]),
+        }
+        for task in run.tasks:
+            values = outputs[task.name][i]
+            if task.type == "classification":
+                classes = task.classes or []
+                row[task.name] = classes[int(values.argmax())]
+                row.update(
+                    {f"{task.name}:p({c})": round(float(p), 6) for c, p in zip(classes, values, strict=True)}
+                )
+            else:
+                row[task.name] = float(values)
+        rows.append(row)
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text of prediction rows."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

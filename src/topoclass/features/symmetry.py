@@ -1,0 +1,82 @@
+"""Space-group facts derived from spglib's symmetry database.
+
+Each of the 230 space groups gets a fixed feature vector: crystal system,
+lattice centring, point group, centrosymmetry, polarity, chirality and the
+number of point operations. All of it is computed from the symmetry operations
+spglib ships, so no table is typed by hand.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import numpy as np
+import spglib
+
+NUM_SPACEGROUPS = 230
+_CRYSTAL_SYSTEM_FIRST_NUMBER = (1, 3, 16, 75, 143, 168, 195)  # triclinic ... cubic (ITA ranges)
+_CENTRINGS = ("P", "A", "B", "C", "I", "F", "R")
+_LAST_HALL_NUMBER = 530
+
+
+@lru_cache(maxsize=1)
+def _representative_hall_numbers() -> dict[int, int]:
+    """Space-group number -> the first (standard) Hall setting spglib lists for it."""
+    hall: dict[int, int] = {}
+    for hall_number in range(1, _LAST_HALL_NUMBER + 1):
+        number = spglib.get_spacegroup_type(hall_number).number
+        hall.setdefault(number, hall_number)
+    return hall
+
+
+def _has_invariant_direction(rotations: np.ndarray) -> bool:
+    """Polar point groups leave some direction fixed under every rotation."""
+    stacked = np.concatenate([r - np.eye(3) for r in rotations], axis=0)
+    return np.linalg.matrix_rank(stacked.astype(float)) < 3
+
+
+@lru_cache(maxsize=1)
+def _point_group_symbols() -> list[str]:
+    symbols = {
+        spglib.get_spacegroup_type(h).pointgroup_international for h in range(1, _LAST_HALL_NUMBER + 1)
+    }
+    return sorted(symbols)
+
+
+@lru_cache(maxsize=1)
+def spacegroup_feature_table() -> np.ndarray:
+    """Feature vectors for space groups 1..230, shape [231, F]; row 0 is padding (zeros)."""
+    with warnings.catch_warnings():
+        # spglib announces a change of its error handling on every database call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _build_spacegroup_table()
+
+
+def _build_spacegroup_table() -> np.ndarray:
+    point_groups = _point_group_symbols()
+    rows = [np.zeros(0)]
+    for number in range(1, NUM_SPACEGROUPS + 1):
+        hall_number = _representative_hall_numbers()[number]
+        sg_type = spglib.get_spacegroup_type(hall_number)
+        rotations = spglib.get_symmetry_from_database(hall_number)["rotations"]
+        unique_rotations = np.unique(rotations.reshape(len(rotations), -1), axis=0).reshape(-1, 3, 3)
+        system = np.searchsorted(_CRYSTAL_SYSTEM_FIRST_NUMBER, number, side="right") - 1
+        features = np.concatenate(
+            [
+                np.eye(len(_CRYSTAL_SYSTEM_FIRST_NUMBER))[system],
+                [float(sg_type.international_short[0] == c) for c in _CENTRINGS],
+                [float(sg_type.pointgroup_international == p) for p in point_groups],
+                [
+                    float(any(np.array_equal(r, -np.eye(3, dtype=int)) for r in unique_rotations)),
+                    float(_has_invariant_direction(unique_rotations)),
+                    float(all(round(np.linalg.det(r)) == 1 for r in unique_rotations)),
+                    np.log(len(unique_rotations)) / np.log(48),
+                    number / NUM_SPACEGROUPS,
+                ],
+            ]
+        )
+        rows.append(features)
+    width = len(rows[1])
+    rows[0] = np.zeros(width)
+    return np.stack(rows).astype(np.float32)

@@ -1,0 +1,83 @@
+"""Encoders for the always-available modalities: composition and symmetry.
+
+Each encoder maps its input to one embedding of width ``hidden_dim`` per
+material. Neither uses batch statistics (LayerNorm, never BatchNorm), so a
+material's prediction never depends on which other materials share its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from topoclass.features.composition import element_property_table
+from topoclass.features.symmetry import spacegroup_feature_table
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
+    """Two-layer perceptron with LayerNorm and SiLU: the building block used throughout."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.LayerNorm(hidden_dim),
+        nn.SiLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+class CompositionEncoder(nn.Module):
+    """Set encoder over (element, fraction) pairs: self-attention, then fraction-weighted pooling.
+
+    An element token combines a learned embedding, the tabulated element
+    properties and its fraction; attention lets elements see each other (a
+    heavy p-block element next to a chalcogen matters, not each alone).
+    """
+
+    def __init__(self, embedding_dim: int, hidden_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        table = torch.from_numpy(element_property_table())
+        self.register_buffer("element_properties", table)
+        self.element_embedding = nn.Embedding(table.shape[0], embedding_dim, padding_idx=0)
+        self.token = mlp(embedding_dim + table.shape[1] + 2, hidden_dim, hidden_dim, dropout)
+        self.attention = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(
+                hidden_dim, heads, dim_feedforward=2 * hidden_dim, dropout=dropout, batch_first=True
+            ),
+            num_layers=2,
+            enable_nested_tensor=False,
+        )
+        self.gate = nn.Linear(hidden_dim, 1)
+
+    def forward(self, element_index: torch.Tensor, element_fraction: torch.Tensor) -> torch.Tensor:
+        padding = element_index == 0
+        fraction = element_fraction.unsqueeze(-1)
+        tokens = torch.cat(
+            [
+                self.element_embedding(element_index),
+                self.element_properties[element_index],
+                fraction,
+                torch.log(fraction.clamp_min(1e-4)),
+            ],
+            dim=-1,
+        )
+        hidden = self.attention(self.token(tokens), src_key_padding_mask=padding)
+        # Attention pooling, biased by the log fraction so majority elements weigh more.
+        scores = self.gate(hidden).squeeze(-1) + torch.log(element_fraction.clamp_min(1e-4))
+        weights = torch.softmax(scores.masked_fill(padding, float("-inf")), dim=-1)
+        return torch.einsum("be,beh->bh", weights, hidden)
+
+
+class SymmetryEncoder(nn.Module):
+    """Space-group embedding plus derived facts (crystal system, point group, inversion...)."""
+
+    def __init__(self, embedding_dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        table = torch.from_numpy(spacegroup_feature_table())
+        self.register_buffer("spacegroup_facts", table)
+        self.embedding = nn.Embedding(table.shape[0], embedding_dim)
+        self.project = mlp(embedding_dim + table.shape[1], hidden_dim, hidden_dim, dropout)
+
+    def forward(self, spacegroup: torch.Tensor) -> torch.Tensor:
+        return self.project(
+            torch.cat([self.embedding(spacegroup), self.spacegroup_facts[spacegroup]], dim=-1)
+        )

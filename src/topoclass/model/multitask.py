@@ -1,0 +1,92 @@
+"""The multitask model: modality encoders, a fusion block, one head per task.
+
+Fusion attends over whichever modality embeddings a material has; a missing
+modality (no structure) is masked out of the attention, never zero-filled as if
+it were real data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from topoclass.config import ModelConfig, TaskConfig
+from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
+from topoclass.model.heads import TaskHeads
+
+MODALITIES = ("composition", "symmetry", "structure")
+
+
+class MultitaskModel(nn.Module):
+    """Predicts every task from composition, symmetry and (optionally) the crystal graph."""
+
+    def __init__(
+        self, config: ModelConfig, tasks: list[TaskConfig], *, use_structure: bool, graph: Any = None
+    ) -> None:
+        super().__init__()
+        self.task_names = [task.name for task in tasks]
+        hidden = config.hidden_dim
+        self.composition = CompositionEncoder(
+            config.element_embedding_dim, hidden, config.composition_heads, config.dropout
+        )
+        self.symmetry = SymmetryEncoder(config.spacegroup_embedding_dim, hidden, config.dropout)
+        self.structure: nn.Module | None = None
+        if use_structure:
+            from topoclass.model.structure_encoder import StructureEncoder
+
+            self.structure = StructureEncoder(
+                hidden_dim=hidden,
+                num_layers=config.graph_layers,
+                num_rbf=graph.num_rbf,
+                cutoff=graph.cutoff,
+                spectral_k=graph.spectral_k,
+                dropout=config.dropout,
+            )
+        self.modality_embedding = nn.Parameter(torch.zeros(len(MODALITIES), hidden))
+        self.fusion = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(
+                hidden,
+                config.composition_heads,
+                dim_feedforward=2 * hidden,
+                dropout=config.dropout,
+                batch_first=True,
+            ),
+            num_layers=config.fusion_layers,
+            enable_nested_tensor=False,
+        )
+        self.readout = mlp(hidden, hidden, hidden, config.dropout)
+        self.heads = TaskHeads(tasks, hidden, config.dropout)
+
+    def embed(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Fused material embeddings [B, hidden]."""
+        tokens = [
+            self.composition(batch["element_index"], batch["element_fraction"]),
+            self.symmetry(batch["spacegroup"]),
+        ]
+        size = tokens[0].shape[0]
+        present = [torch.ones(size, dtype=torch.bool, device=tokens[0].device)] * 2
+        if self.structure is not None:
+            structure_token = tokens[0].new_zeros(tokens[0].shape)
+            has_graph = torch.zeros(size, dtype=torch.bool, device=tokens[0].device)
+            if batch.get("graph") is not None:
+                rows = batch["graph_rows"]
+                structure_token = structure_token.index_put((rows,), self.structure(batch["graph"]))
+                has_graph[rows] = True
+            tokens.append(structure_token)
+            present.append(has_graph)
+        stacked = torch.stack(tokens, dim=1) + self.modality_embedding[: len(tokens)]
+        mask = torch.stack(present, dim=1)
+        fused = self.fusion(stacked, src_key_padding_mask=~mask)
+        weights = mask.float() / mask.float().sum(dim=1, keepdim=True)
+        return self.readout(torch.einsum("bm,bmh->bh", weights, fused))
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Raw outputs per task: logits [B, C] or regression values [B]."""
+        embedding = self.embed(batch)
+        outputs = {}
+        for name in self.task_names:
+            out = self.heads[name](embedding)
+            outputs[name] = out.squeeze(-1) if out.shape[-1] == 1 else out
+        return outputs

@@ -1,0 +1,297 @@
+"""The trainer, readable top to bottom.
+
+Everything that must survive a crash (model, optimizer, schedule, grad scaler,
+sampler position, RNG streams, this trainer's own counters and history) follows
+one state protocol, ``state_dict()`` / ``load_state_dict()``, and is saved
+together by the checkpoint manager, which knows nothing about what it saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from topoclass import __version__
+from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint
+from topoclass.checkpoint.state import RNGState
+from topoclass.config import Config, TaskConfig
+from topoclass.data.featureset import FeatureSet
+from topoclass.data.loader import ResumableBatchSampler
+from topoclass.evaluation.metrics import evaluate_tasks
+from topoclass.model.inference import move_batch, raw_outputs, to_probabilities
+from topoclass.model.multitask import MultitaskModel
+from topoclass.train.device import seed_everything, select_device
+from topoclass.train.loss import MultitaskLoss, class_weights
+from topoclass.train.schedule import LearningRateSchedule
+from topoclass.train.signals import StopRequest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    """The trainer's own counters, so a resumed run continues exactly where it stopped."""
+
+    completed_epochs: int = 0
+    global_step: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # Running sums of the epoch in progress, so a resumed epoch reports the same mean loss.
+    epoch_loss_sum: float = 0.0
+    epoch_samples: int = 0
+    finished: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class FitResult:
+    outcome: str  # "finished", "early_stopped" or "stopped"
+    state: TrainerState
+
+
+def build_model(config: Config, tasks: list[TaskConfig]) -> MultitaskModel:
+    """The model a config describes, for the given tasks."""
+    return MultitaskModel(
+        config.model, tasks, use_structure=config.data.use_structure, graph=config.data.graph
+    )
+
+
+class Trainer:
+    """Trains a multitask model on one split, checkpointing as it goes."""
+
+    def __init__(
+        self,
+        config: Config,
+        features: FeatureSet,
+        split: dict[str, torch.Tensor],
+        *,
+        run_dir: Path,
+        checkpoints: CheckpointManager,
+        stop: StopRequest,
+        code_revision: str | None = None,
+    ) -> None:
+        train = config.train
+        self.config, self.features, self.split = config, features, split
+        self.run_dir, self.checkpoints, self.stop = run_dir, checkpoints, stop
+        self.code_revision = code_revision
+        self.resumed_from: str | None = None
+        self.device = select_device(train.device)
+        logger.info("Using device: %s", self.device)
+        seed_everything(train.seed, deterministic=train.deterministic)
+        self.model = build_model(config, features.tasks).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay
+        )
+        self.sampler = ResumableBatchSampler(split["train"], train.batch_size, seed=train.seed)
+        self.schedule = LearningRateSchedule(
+            self.optimizer,
+            kind=train.scheduler,
+            base_lr=train.lr,
+            total_steps=train.epochs * len(self.sampler),
+            warmup_steps=train.warmup_epochs * len(self.sampler),
+            patience=train.patience,
+        )
+        self.use_amp = train.amp and self.device.type == "cuda"
+        if train.amp and not self.use_amp:
+            logger.warning("train.amp is ignored on %s: mixed precision needs CUDA", self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.loss = MultitaskLoss(
+            features.tasks, focal_gamma=train.focal_gamma, weights=self._class_weights()
+        )
+        self.rng = RNGState()
+        self.state = TrainerState()
+        self.with_graphs = config.data.use_structure
+        logger.info(
+            "Data loaders created. Train: %d batches, Val: %d batches",
+            len(self.sampler),
+            math.ceil(len(split["val"]) / train.batch_size),
+        )
+
+    def _class_weights(self) -> dict[str, torch.Tensor]:
+        labels = self.features.labels[self.split["train"]]
+        weights = {}
+        for column, task in enumerate(self.features.tasks):
+            if task.type == "classification" and task.class_weighting:
+                weights[task.name] = class_weights(labels[:, column], len(task.classes or [])).to(self.device)
+        return weights
+
+    # -- state protocol ---------------------------------------------------------------------------
+
+    def stateful(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "scaler": self.scaler,
+            "sampler": self.sampler,
+            "trainer": self.state,
+            "rng": self.rng,
+        }
+
+    def restore(self, checkpoint: LoadedCheckpoint) -> None:
+        """Load every component's state from a checkpoint."""
+        saved_split = checkpoint.state["split"]
+        for name, rows in self.split.items():
+            if not torch.equal(torch.as_tensor(saved_split[name]), rows):
+                raise ValueError(f"the {name} split differs from the checkpoint's")
+        for name, component in self.stateful().items():
+            component.load_state_dict(checkpoint.state[name])
+        self.resumed_from = str(checkpoint.path)
+
+    def _save(self, tag: CheckpointTag, *, is_best: bool = False, best_only: bool = False) -> None:
+        state = {name: component.state_dict() for name, component in self.stateful().items()}
+        state["split"] = dict(self.split)
+        metadata = {
+            "epoch": tag.epoch,
+            "step": tag.step,
+            "global_step": self.state.global_step,
+            "best_val_loss": self.state.best_val_loss,
+            "config": self.config.to_dict(),
+            "package_version": __version__,
+            "code_revision": self.code_revision,
+            "resumed_from": self.resumed_from,
+            "tasks": [task.model_dump(mode="json") for task in self.features.tasks],
+        }
+        if best_only:
+            self.checkpoints.save_best(tag, state, metadata=metadata)
+        else:
+            self.checkpoints.save(tag, state, metadata=metadata, is_best=is_best)
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def fit(self) -> FitResult:
+        """Train until the last epoch, early stopping, or a stop request."""
+        epochs = self.config.train.epochs
+        while self.state.completed_epochs < epochs and not self.state.finished:
+            epoch = self.state.completed_epochs + 1
+            self.sampler.set_epoch(epoch)
+            if self.sampler.position == 0:
+                logger.info("Starting epoch %d/%d", epoch, epochs)
+            if not self._train_epoch(epoch):
+                return FitResult("stopped", self.state)
+            improved = self._end_epoch(epoch)
+            self.state.finished = (
+                self.state.epochs_without_improvement >= self.config.train.patience or epoch == epochs
+            )
+            tag = CheckpointTag(epoch, None)
+            if self.checkpoints.due_end_of_epoch(epoch) or self.state.finished or self.stop.requested:
+                self._save(tag, is_best=improved)
+            elif improved:
+                self._save(tag, best_only=True)
+            if self.stop.requested and not self.state.finished:
+                return FitResult("stopped", self.state)
+        stopped_early = self.state.completed_epochs < epochs
+        if stopped_early:
+            logger.info("Early stopping: no val-loss improvement for %d epochs", self.config.train.patience)
+        return FitResult("early_stopped" if stopped_early else "finished", self.state)
+
+    def _train_epoch(self, epoch: int) -> bool:
+        """One pass over the training batches; False if a stop request interrupted it."""
+        self.model.train()
+        total = len(self.sampler)
+        bar = tqdm(
+            total=total,
+            initial=self.sampler.position,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=not self.config.train.progress_bar,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        started, samples_seen = time.perf_counter(), 0
+        for rows in self.sampler:
+            loss = self._train_step(rows)
+            samples_seen += len(rows)
+            self.state.epoch_loss_sum += loss * len(rows)
+            self.state.epoch_samples += len(rows)
+            rate = samples_seen / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4f}", samples_per_s=f"{rate:.0f}", refresh=False)
+            bar.update()
+            if self.stop.requested:
+                bar.close()
+                logger.warning("Stop requested (%s): saving a checkpoint", self.stop.signal_name)
+                self._save(CheckpointTag(epoch, self.state.global_step))
+                return False
+            if self.sampler.position < total and self.checkpoints.due_mid_epoch(self.state.global_step):
+                self._save(CheckpointTag(epoch, self.state.global_step))
+        bar.close()
+        return True
+
+    def _train_step(self, rows: torch.Tensor) -> float:
+        self.state.global_step += 1
+        self.schedule.on_step(self.state.global_step)
+        batch = move_batch(self.features.batch(rows, with_graphs=self.with_graphs), self.device)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            outputs = self.model(batch)
+        loss, _ = self.loss({k: v.float() for k, v in outputs.items()}, batch["labels"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def _end_epoch(self, epoch: int) -> bool:
+        """Validate, log, step the plateau schedule, track the best; True if val loss improved."""
+        val_loss, metrics = self.validate("val")
+        train_loss = self.state.epoch_loss_sum / max(self.state.epoch_samples, 1)
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": self.schedule.current_lr,
+        }
+        for task, values in metrics.items():
+            for key in ("accuracy", "macro_f1", "mae"):
+                if values.get(key) is not None:
+                    row[f"val_{task}_{key}"] = values[key]
+        self.schedule.on_epoch_end(val_loss)
+        improved = val_loss < self.state.best_val_loss
+        if improved:
+            self.state.best_val_loss, self.state.best_epoch = val_loss, epoch
+            self.state.epochs_without_improvement = 0
+        else:
+            self.state.epochs_without_improvement += 1
+        self.state.history.append(row)
+        self.state.completed_epochs = epoch
+        self.state.epoch_loss_sum, self.state.epoch_samples = 0.0, 0
+        self._write_metrics_file()
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+        logger.info(
+            "Epoch %d/%d: %s%s", epoch, self.config.train.epochs, summary, " (best)" if improved else ""
+        )
+        return improved
+
+    def validate(self, split_name: str) -> tuple[float, dict[str, dict[str, Any]]]:
+        """Mean loss and per-task metrics on a split."""
+        rows = self.split[split_name]
+        outputs = raw_outputs(self.model, self.features, rows, batch_size=1024, device=self.device)
+        labels = self.features.labels[rows]
+        loss, _ = self.loss(outputs, labels)
+        metrics = evaluate_tasks(self.features.tasks, labels.numpy(), to_probabilities(outputs))
+        return float(loss), metrics
+
+    def _write_metrics_file(self) -> None:
+        # Rewritten whole from the history, so epochs replayed after a crash never appear twice.
+        path = self.run_dir / "metrics.jsonl"
+        staging = path.with_suffix(".jsonl.tmp")
+        staging.write_text("".join(json.dumps(row) + "\n" for row in self.state.history))
+        staging.replace(path)
