@@ -72,7 +72,7 @@ def test_verify_names_the_problem_and_read_refuses(tmp_path, damage, problem):
 
 
 def test_unserializable_state_fails_before_anything_is_written(tmp_path):
-    with pytest.raises(CheckpointError, match="'model.head'"):
+    with pytest.raises(CheckpointError, match=r"'model\.head'"):
         _write(tmp_path / "ck", {"model": {"head": object()}})
     assert not any(tmp_path.iterdir())
 
@@ -108,7 +108,7 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path, use_torch_save):
     manager = CheckpointManager(tmp_path / "run")
 
     for target in (evil_file, disguised, evil_dir):
-        with pytest.raises(CheckpointError, match="refusing to load .*pickle-based files are never loaded"):
+        with pytest.raises(CheckpointError, match=r"refusing to load .*pickle-based files are never loaded"):
             storage.read(target)
         with pytest.raises(CheckpointError, match="refusing to load"):
             manager.load(target)

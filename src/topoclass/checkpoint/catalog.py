@@ -119,8 +119,12 @@ def export_weights(path: Path, out_file: Path, key: str = "model") -> Path:
     path = resolve_checkpoint(Path(path))
     tree, metadata = storage.read(path)
     weights = tree.get(key) if isinstance(tree, Mapping) else None
-    if not isinstance(weights, Mapping) or not all(
-        isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in weights.items()
+    if (
+        not isinstance(weights, Mapping)
+        or not weights
+        or not all(
+            isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in weights.items()
+        )
     ):
         raise CheckpointError(f"{path}: state key '{key}' is not a flat mapping of names to tensors")
     manifest = storage.read_manifest(path)

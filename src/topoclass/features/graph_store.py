@@ -1,0 +1,159 @@
+"""Many crystal graphs packed into a few flat tensors, batched by slicing.
+
+Layout (CSR-like): graph ``g`` owns nodes ``node_ptr[g]:node_ptr[g+1]`` and edges
+``edge_ptr[g]:edge_ptr[g+1]``; ``edge_index`` holds node indices local to each graph.
+No per-graph Python objects are kept, so a store of every structure in a dataset stays
+compact, saves as safetensors (plain tensors, no pickle) and batches without copying
+anything but the requested slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch
+
+from topoclass.features.graph import CrystalGraph
+from topoclass.features.spectral import Spectrum
+
+TENSOR_DTYPES: dict[str, torch.dtype] = {
+    "atomic_numbers": torch.int64,
+    "node_ptr": torch.int64,
+    "edge_index": torch.int64,
+    "edge_distance": torch.float32,
+    "edge_ptr": torch.int64,
+    "eigenvalues": torch.float32,
+    "eigenvalue_mask": torch.bool,
+    "eigenvectors": torch.float32,
+}
+
+
+class GraphStore:
+    """Packed crystal graphs with their Laplacian spectra."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(TENSOR_DTYPES) - set(tensors))
+        if missing:
+            raise ValueError(f"graph store: missing tensors {missing}")
+        for name, dtype in TENSOR_DTYPES.items():
+            if tensors[name].dtype != dtype:
+                raise ValueError(f"graph store: '{name}' is {tensors[name].dtype}, expected {dtype}")
+        self.atomic_numbers = tensors["atomic_numbers"]
+        self.node_ptr = tensors["node_ptr"]
+        self.edge_index = tensors["edge_index"]
+        self.edge_distance = tensors["edge_distance"]
+        self.edge_ptr = tensors["edge_ptr"]
+        self.eigenvalues = tensors["eigenvalues"]
+        self.eigenvalue_mask = tensors["eigenvalue_mask"]
+        self.eigenvectors = tensors["eigenvectors"]
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        graphs = self.node_ptr.numel() - 1
+        nodes = self.atomic_numbers.numel()
+        edges = self.edge_distance.numel()
+        consistent = (
+            graphs >= 0
+            and self.edge_ptr.numel() == graphs + 1
+            and int(self.node_ptr[-1]) == nodes
+            and int(self.edge_ptr[-1]) == edges
+            and tuple(self.edge_index.shape) == (2, edges)
+            and self.eigenvalues.shape == self.eigenvalue_mask.shape
+            and self.eigenvalues.shape[0] == graphs
+            and tuple(self.eigenvectors.shape) == (nodes, self.eigenvalues.shape[1])
+        )
+        if not consistent:
+            raise ValueError("graph store: tensor shapes do not agree with each other")
+
+    @classmethod
+    def from_graphs(
+        cls, graphs: Sequence[CrystalGraph], spectra: Sequence[Spectrum], *, spectral_k: int | None = None
+    ) -> GraphStore:
+        """Pack graphs and their spectra (same order); ``spectral_k`` is needed only when empty."""
+        if len(graphs) != len(spectra):
+            raise ValueError(f"{len(graphs)} graphs but {len(spectra)} spectra")
+        k = spectra[0].eigenvalues.shape[0] if spectra else (spectral_k or 0)
+        node_counts = np.array([g.num_nodes for g in graphs], dtype=np.int64)
+        edge_counts = np.array([g.num_edges for g in graphs], dtype=np.int64)
+
+        def packed(arrays: list[np.ndarray], empty_shape: tuple[int, ...], dtype: type, axis: int = 0):
+            joined = np.concatenate(arrays, axis=axis) if arrays else np.zeros(empty_shape, dtype=dtype)
+            return torch.from_numpy(np.ascontiguousarray(joined, dtype=dtype))
+
+        return cls(
+            {
+                "atomic_numbers": packed([g.atomic_numbers for g in graphs], (0,), np.int64),
+                "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(node_counts)]).astype(np.int64)),
+                "edge_index": packed([g.edge_index for g in graphs], (2, 0), np.int64, axis=1),
+                "edge_distance": packed([g.edge_distance for g in graphs], (0,), np.float32),
+                "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(edge_counts)]).astype(np.int64)),
+                "eigenvalues": packed([s.eigenvalues[None] for s in spectra], (0, k), np.float32),
+                "eigenvalue_mask": packed([s.mask[None] for s in spectra], (0, k), np.bool_),
+                "eigenvectors": packed([s.eigenvectors for s in spectra], (0, k), np.float32),
+            }
+        )
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The packed tensors by name (contiguous, ready for ``safetensors.torch.save_file``)."""
+        return {name: getattr(self, name).contiguous() for name in TENSOR_DTYPES}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> GraphStore:
+        """Rebuild a store from :meth:`to_tensors` output; raises ``ValueError`` when inconsistent."""
+        return cls(dict(tensors))
+
+    def __len__(self) -> int:
+        return self.node_ptr.numel() - 1
+
+    @property
+    def spectral_k(self) -> int:
+        return int(self.eigenvalues.shape[1])
+
+    def graph(self, index: int) -> CrystalGraph:
+        """One graph back as a :class:`CrystalGraph` (for inspection and tests)."""
+        n0, n1 = int(self.node_ptr[index]), int(self.node_ptr[index + 1])
+        e0, e1 = int(self.edge_ptr[index]), int(self.edge_ptr[index + 1])
+        return CrystalGraph(
+            atomic_numbers=self.atomic_numbers[n0:n1].numpy().copy(),
+            edge_index=self.edge_index[:, e0:e1].numpy().copy(),
+            edge_distance=self.edge_distance[e0:e1].numpy().copy(),
+        )
+
+    def batch(self, graph_indices: Sequence[int] | torch.Tensor) -> Batch:
+        """A PyG ``Batch`` of the given graphs, in that order, built by vectorized slicing.
+
+        Fields: ``z``, ``edge_index`` (global), ``edge_distance``, ``pe`` [nodes, k],
+        ``eigenvalues`` and ``eigenvalue_mask`` [graphs, k], ``batch`` and ``ptr``.
+        """
+        index = torch.as_tensor(graph_indices, dtype=torch.long).reshape(-1)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise IndexError(f"graph index out of range for a store of {len(self)} graphs")
+        node_gather, node_counts, node_offsets = _ranges(self.node_ptr, index)
+        edge_gather, edge_counts, _ = _ranges(self.edge_ptr, index)
+        shift = torch.repeat_interleave(node_offsets, edge_counts)
+        batch = Batch(
+            z=self.atomic_numbers[node_gather],
+            edge_index=self.edge_index[:, edge_gather] + shift,
+            edge_distance=self.edge_distance[edge_gather],
+            pe=self.eigenvectors[node_gather],
+            eigenvalues=self.eigenvalues[index],
+            eigenvalue_mask=self.eigenvalue_mask[index],
+            batch=torch.repeat_interleave(torch.arange(index.numel()), node_counts),
+            ptr=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(node_counts, 0)]),
+        )
+        batch.num_nodes = int(node_counts.sum())
+        batch._num_graphs = index.numel()
+        return batch
+
+
+def _ranges(ptr: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat positions of the ranges ``ptr[i]:ptr[i+1]`` for each i in ``index``, their lengths and
+    where each range starts in the output."""
+    starts = ptr[index]
+    counts = ptr[index + 1] - starts
+    offsets = torch.cumsum(counts, 0) - counts
+    total = int(counts.sum())
+    gather = torch.arange(total) + torch.repeat_interleave(starts - offsets, counts, output_size=total)
+    return gather, counts, offsets

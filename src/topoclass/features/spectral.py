@@ -1,0 +1,218 @@
+"""Laplacian eigenpairs of crystal graphs, as positional encodings, computed in batches.
+
+Each graph gets its own symmetric normalized Laplacian ``L = I - D^-1/2 A D^-1/2`` of the
+undirected graph between distinct atoms:
+
+- ``A_ij = (C_ij + C_ji) / 2`` where ``C_ij`` counts the directed edges between atoms i and j,
+  one per periodic image: a pair that both atoms keep among their nearest neighbours
+  counts once per image, a pair only one of them keeps counts half.
+- Edges from an atom to its own periodic images are left out (they are not between
+  distinct atoms); they still carry messages in the encoder.
+- An isolated node (no edge to another atom, e.g. the atom of a one-atom cell) gets
+  ``L_ii = 0``, as ``scipy.sparse.csgraph.laplacian(normed=True)`` does, so it contributes
+  eigenvalue 0 with its indicator vector as eigenvector.
+
+The ``k`` smallest eigenvalues are kept with a mask (graphs with fewer than ``k`` nodes are
+padded) and the matching eigenvectors become per-node encodings ``[n, k]`` (padded columns
+0). Eigenvectors are signed so their largest-magnitude entry is positive, which makes the
+stored encodings reproducible (up to ties in magnitude); they remain defined only up to sign
+(and up to rotation inside degenerate eigenspaces), which :func:`random_sign_flip` and the
+sign-invariant encoder account for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from topoclass.features.graph import CrystalGraph
+
+# Diagonal of padded rows: above 2, the largest normalized-Laplacian eigenvalue, so padded
+# eigenvalues sort after every real one and block structure keeps real eigenvectors zero there.
+_PADDING_DIAGONAL = 3.0
+# Graphs are grouped by node count; a group spans sizes up to this factor (+2 nodes) and at
+# most this many matrix entries, keeping padding and memory small.
+_GROUP_SIZE_FACTOR = 1.25
+_GROUP_MAX_ENTRIES = 1 << 22
+
+
+@dataclass
+class Spectrum:
+    """The ``k`` smallest Laplacian eigenpairs of one graph."""
+
+    eigenvalues: np.ndarray  # float32 [k], 0 where masked
+    mask: np.ndarray  # bool [k], False for padding (graph has fewer than k nodes)
+    eigenvectors: np.ndarray  # float32 [n, k], columns of padding are 0
+
+
+class SpectralCache:
+    """Bounded in-memory LRU cache of spectra, keyed by :func:`graph_key`."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, Spectrum] = OrderedDict()
+
+    def get(self, key: str) -> Spectrum | None:
+        spectrum = self._entries.get(key)
+        if spectrum is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return spectrum
+
+    def put(self, key: str, spectrum: Spectrum) -> None:
+        self._entries[key] = spectrum
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Drop every entry (counters are kept: they describe the whole run)."""
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def graph_key(num_nodes: int, edge_index: np.ndarray, k: int) -> str:
+    """Content hash of everything the spectrum depends on: node count, edges and k."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.array([num_nodes, k], dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(edge_index, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or "auto": CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def laplacian_spectra(
+    graphs: Sequence[CrystalGraph],
+    k: int,
+    *,
+    device: str | torch.device | None = "auto",
+    cache: SpectralCache | None = None,
+) -> list[Spectrum]:
+    """The ``k`` smallest eigenpairs of each graph's normalized Laplacian, one :class:`Spectrum` each."""
+    target = resolve_device(device)
+    results: list[Spectrum | None] = [None] * len(graphs)
+    keys: list[str] = []
+    missing: list[int] = []
+    for position, graph in enumerate(graphs):
+        key = graph_key(graph.num_nodes, graph.edge_index, k) if cache is not None else ""
+        keys.append(key)
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            missing.append(position)
+        else:
+            results[position] = hit
+    for group in _size_groups([graphs[i].num_nodes for i in missing]):
+        positions = [missing[i] for i in group]
+        spectra = _group_spectra([graphs[p] for p in positions], k, target)
+        for position, spectrum in zip(positions, spectra, strict=True):
+            results[position] = spectrum
+            if cache is not None:
+                cache.put(keys[position], spectrum)
+    return results  # type: ignore[return-value]
+
+
+def _size_groups(sizes: list[int]) -> list[list[int]]:
+    """Indices into ``sizes``, grouped so sizes within a group are close and the group fits memory."""
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    groups: list[list[int]] = []
+    current: list[int] = []
+    smallest = 0
+    for index in order:
+        size = sizes[index]
+        too_spread = size > smallest * _GROUP_SIZE_FACTOR + 2
+        too_big = (len(current) + 1) * size * size > _GROUP_MAX_ENTRIES
+        if current and (too_spread or too_big):
+            groups.append(current)
+            current = []
+        if not current:
+            smallest = size
+        current.append(index)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _group_spectra(graphs: Sequence[CrystalGraph], k: int, device: torch.device) -> list[Spectrum]:
+    """Eigenpairs of several graphs at once via one batched ``eigh`` on padded block matrices."""
+    sizes = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
+    batch, n_max = len(graphs), int(sizes.max())
+    laplacian = _padded_laplacians(graphs, sizes, n_max).to(device)
+    eigenvalues, eigenvectors = torch.linalg.eigh(laplacian)
+    kept = min(k, n_max)
+    eigenvalues = eigenvalues[:, :kept].cpu()
+    eigenvectors = eigenvectors[:, :, :kept].cpu()
+
+    real_columns = torch.arange(kept).unsqueeze(0) < sizes.unsqueeze(1)  # [B, kept]
+    # Canonical sign: the largest-magnitude entry of each eigenvector is positive.
+    peak = eigenvectors.abs().argmax(dim=1, keepdim=True)
+    signs = torch.sign(torch.gather(eigenvectors, 1, peak))
+    eigenvectors = eigenvectors * torch.where(signs == 0, torch.ones_like(signs), signs)
+    eigenvectors = eigenvectors * real_columns.unsqueeze(1)
+    eigenvalues = torch.where(real_columns, eigenvalues, torch.zeros_like(eigenvalues))
+
+    values = np.zeros((batch, k), dtype=np.float32)
+    values[:, :kept] = eigenvalues.numpy()
+    mask = np.zeros((batch, k), dtype=bool)
+    mask[:, :kept] = real_columns.numpy()
+    vectors = eigenvectors.to(torch.float32).numpy()
+    spectra = []
+    for b, graph in enumerate(graphs):
+        per_node = np.zeros((graph.num_nodes, k), dtype=np.float32)
+        per_node[:, :kept] = vectors[b, : graph.num_nodes]
+        spectra.append(Spectrum(values[b], mask[b], per_node))
+    return spectra
+
+
+def _padded_laplacians(graphs: Sequence[CrystalGraph], sizes: torch.Tensor, n_max: int) -> torch.Tensor:
+    """[B, n_max, n_max] float64 normalized Laplacians; padded diagonals hold a value above 2."""
+    batch = len(graphs)
+    edge_counts = torch.tensor([g.num_edges for g in graphs], dtype=torch.long)
+    edges = torch.from_numpy(np.concatenate([g.edge_index for g in graphs], axis=1))
+    owner = torch.repeat_interleave(torch.arange(batch), edge_counts)
+    distinct = edges[0] != edges[1]  # periodic self-images are not edges between distinct atoms
+    source, target, owner = edges[0][distinct], edges[1][distinct], owner[distinct]
+    flat = owner * n_max * n_max + source * n_max + target
+    counts = torch.bincount(flat, minlength=batch * n_max * n_max).to(torch.float64)
+    counts = counts.view(batch, n_max, n_max)
+    adjacency = 0.5 * (counts + counts.transpose(1, 2))
+
+    degree = adjacency.sum(dim=2)
+    inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-300).rsqrt(), torch.zeros_like(degree))
+    laplacian = -(inv_sqrt.unsqueeze(2) * adjacency * inv_sqrt.unsqueeze(1))
+    real_nodes = torch.arange(n_max).unsqueeze(0) < sizes.unsqueeze(1)
+    diagonal = torch.where(degree > 0, 1.0, 0.0).to(torch.float64)
+    diagonal = torch.where(real_nodes, diagonal, torch.full_like(diagonal, _PADDING_DIAGONAL))
+    laplacian.diagonal(dim1=1, dim2=2).copy_(diagonal)
+    return laplacian
+
+
+def random_sign_flip(
+    pe: torch.Tensor, batch_vector: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Flip each eigenvector of each graph by an independent random sign (training augmentation).
+
+    ``pe`` is [total_nodes, k], ``batch_vector`` maps nodes to graphs; one sign per graph
+    and eigenvector, so each flipped column is still an eigenvector of its graph.
+    """
+    num_graphs = int(batch_vector.max()) + 1 if batch_vector.numel() else 0
+    draws = torch.randint(0, 2, (num_graphs, pe.shape[1]), generator=generator, device="cpu")
+    signs = (draws * 2 - 1).to(device=pe.device, dtype=pe.dtype)
+    return pe * signs[batch_vector]

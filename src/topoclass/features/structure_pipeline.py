@@ -1,0 +1,133 @@
+"""Featurize many structures: read, vet, derive formula and space group, build graphs, in parallel.
+
+Each structure is independent, so worker processes take them in chunks; a structure that
+fails at any step yields a one-line reason and never stops the others. Spectra are then
+computed in the parent, batched by graph size (on the GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+from tqdm import tqdm
+
+from topoclass.config import GraphConfig
+from topoclass.data.records import StructureRef
+from topoclass.data.structures import (
+    check_structure,
+    derive_formula_and_spacegroup,
+    periodic_neighbors,
+    read_structure,
+)
+from topoclass.errors import DataError
+from topoclass.features.graph import CrystalGraph, build_crystal_graph
+from topoclass.features.graph_store import GraphStore
+from topoclass.features.spectral import laplacian_spectra
+
+logger = logging.getLogger(__name__)
+
+# Below this many structures a process pool costs more than it saves.
+_MIN_STRUCTURES_FOR_POOL = 16
+
+# What one worker returns for one structure: formula, space group, reject reason, graph.
+_Outcome = tuple[str | None, int | None, str | None, CrystalGraph | None]
+
+
+@dataclass
+class StructureFeatures:
+    """Per input reference: derived formula and space group, or the reason it failed, and its graph.
+
+    ``graph_index[i]`` is the position of reference i's graph in ``store``, or -1 when it failed.
+    """
+
+    formula: list[str | None]
+    spacegroup: list[int | None]
+    reason: list[str | None]
+    graph_index: np.ndarray
+    store: GraphStore
+
+    def __len__(self) -> int:
+        return len(self.reason)
+
+    @property
+    def num_failed(self) -> int:
+        return int(np.count_nonzero(self.graph_index < 0))
+
+
+def featurize_one(ref: StructureRef, *, cutoff: float, max_neighbors: int, symprec: float) -> _Outcome:
+    """Read -> check -> formula and space group -> graph for one structure; failures become reasons."""
+    try:
+        structure = read_structure(ref)
+        neighbors = periodic_neighbors(structure, cutoff)
+        problem = check_structure(structure, cutoff=cutoff, neighbors=neighbors)
+        if problem is not None:
+            return None, None, problem, None
+        formula, spacegroup = derive_formula_and_spacegroup(structure, symprec)
+        graph = build_crystal_graph(structure, cutoff=cutoff, max_neighbors=max_neighbors, neighbors=neighbors)
+    except DataError as exc:
+        return None, None, exc.reason, None
+    except Exception as exc:  # a library failing on one odd structure must not stop the others
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        logger.debug("featurizing %s failed", ref.describe(), exc_info=True)
+        return None, None, f"featurization failed: {type(exc).__name__}: {first_line}", None
+    return formula, spacegroup, None, graph
+
+
+def featurize_structures(
+    refs: Sequence[StructureRef],
+    graph: GraphConfig,
+    *,
+    workers: int = 0,
+    progress: bool = True,
+    device: str | None = "auto",
+) -> StructureFeatures:
+    """Featurize ``refs`` with ``workers`` processes (0: one per CPU core; 1: in this process)."""
+    work = partial(
+        featurize_one, cutoff=graph.cutoff, max_neighbors=graph.max_neighbors, symprec=graph.symprec
+    )
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(refs), desc="featurizing structures", unit="structure", disable=not progress)
+    outcomes: list[_Outcome] = []
+    with bar:
+        if workers == 1 or len(refs) < _MIN_STRUCTURES_FOR_POOL:
+            for ref in refs:
+                outcomes.append(work(ref))
+                bar.update()
+        else:
+            chunksize = max(1, min(32, len(refs) // (workers * 8)))
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+                for outcome in pool.map(work, refs, chunksize=chunksize):
+                    outcomes.append(outcome)
+                    bar.update()
+
+    graphs = [outcome[3] for outcome in outcomes if outcome[3] is not None]
+    graph_index = np.full(len(outcomes), -1, dtype=np.int64)
+    graph_index[[i for i, outcome in enumerate(outcomes) if outcome[3] is not None]] = np.arange(len(graphs))
+    spectra = laplacian_spectra(graphs, graph.spectral_k, device=device)
+    features = StructureFeatures(
+        formula=[outcome[0] for outcome in outcomes],
+        spacegroup=[outcome[1] for outcome in outcomes],
+        reason=[outcome[2] for outcome in outcomes],
+        graph_index=graph_index,
+        store=GraphStore.from_graphs(graphs, spectra, spectral_k=graph.spectral_k),
+    )
+    if features.num_failed:
+        logger.info("%d of %d structures could not be featurized", features.num_failed, len(features))
+    return features
+
+
+def _pool_context() -> multiprocessing.context.BaseContext | None:
+    """Fork on Linux: workers inherit the imported libraries instead of importing them again
+    (seconds per worker). Workers run only NumPy, pymatgen, spglib and gemmi code, never torch,
+    so forking a parent that has torch threads is safe here."""
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    return None
