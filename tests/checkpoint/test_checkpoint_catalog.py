@@ -10,6 +10,7 @@ import torch
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.catalog import (
     export_weights,
+    format_info,
     inspect_checkpoint,
     list_checkpoints,
     verify_checkpoints,
@@ -64,6 +65,10 @@ def test_list_marks_latest_best_and_problems(run_dir):
     )
     assert infos["best"].epoch == 2 and infos["best"].verified
     assert infos["checkpoint_epoch_1"].size_bytes > 0 and infos["checkpoint_epoch_1"].created
+    line = format_info(infos["checkpoint_epoch_3"])
+    assert line.startswith("checkpoint_epoch_3 ") and "latest" in line and line.endswith(" ok")
+    torn_line = format_info(infos["checkpoint_epoch_4"])
+    assert torn_line.endswith("PROBLEM: missing MANIFEST.json (never committed)")
 
 
 def test_only_full_verification_detects_silent_corruption(run_dir):
@@ -85,7 +90,7 @@ def test_inspect_summarises_metadata(run_dir):
     assert summary["best_val_loss"] == 0.25 and summary["config"] == CONFIG
     assert summary["history_length"] == 4 and [h["epoch"] for h in summary["history_tail"]] == [2, 3, 4]
     assert summary["package_version"] == "0.1.0" and summary["code_revision"] == "abc123"
-    assert summary["tensor_count"] == 2 and summary["state_keys"] == ["model", "optimizer"]
+    assert summary["tensor_count"] == 3 and summary["state_keys"] == ["model", "optimizer"]
     assert inspect_checkpoint(run_dir / "checkpoints" / "best")["source"] == "checkpoint_epoch_2"
 
 
@@ -100,3 +105,14 @@ def test_export_weights_writes_model_tensors_with_config(run_dir, tmp_path):
     assert json.loads(header["config"]) == CONFIG and header["epoch"] == "3"
     with pytest.raises(CheckpointError, match="'optimizer' is not a flat mapping"):
         export_weights(run_dir, tmp_path / "x.safetensors", key="optimizer")
+
+
+def test_set_aside_checkpoints_are_listed_but_not_verified(run_dir):
+    checkpoints = run_dir / "checkpoints"
+    aside_name = "checkpoint_epoch_1.corrupt-20250101T000000000000Z"
+    (checkpoints / "checkpoint_epoch_1").rename(checkpoints / aside_name)
+    listed = {info.name: info for info in list_checkpoints(checkpoints)}
+    aside = listed[aside_name]
+    assert not aside.verified and aside.epoch == 1 and not aside.is_latest
+    verified = [info.name for info in verify_checkpoints(checkpoints)]
+    assert verified == ["checkpoint_epoch_2", "checkpoint_epoch_3", "checkpoint_epoch_4", "best"]

@@ -64,6 +64,8 @@ def test_retention_keeps_newest_and_best_shares_files_by_hard_link(tmp_path):
     manager.save(CheckpointTag(1), _state(1), metadata={"val": 1}, is_best=True)
     manager.save(CheckpointTag(2, 50), _state(2), metadata={}, is_best=False)
     manager.save(CheckpointTag(2), _state(3), metadata={})
+    assert not (tmp_path / "checkpoint_epoch_1").exists()  # gone at once, its space freed in the background
+    manager.wait_for_cleanup()
     assert sorted(os.listdir(tmp_path)) == [
         "best",
         "checkpoint_epoch_2",
@@ -144,3 +146,38 @@ def test_state_that_cannot_be_stored_leaves_no_trace(tmp_path):
     with pytest.raises(CheckpointError, match=r"'optimizer\.hook'"):
         manager.save(CheckpointTag(1), {"optimizer": {"hook": lambda: None}}, metadata={})
     assert not any(tmp_path.iterdir())
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_death_while_committing_best_leaves_a_torn_best_that_resume_sets_aside(tmp_path, monkeypatch):
+    def fake_kill(pid, signum):
+        raise _Killed
+
+    monkeypatch.setattr(storage.os, "kill", fake_kill)
+    monkeypatch.setenv(storage.KILL_ENV, str(storage._write_count + 2))  # 1: the checkpoint, 2: best/
+    manager = CheckpointManager(tmp_path)
+    with pytest.raises(_Killed):
+        manager.save(CheckpointTag(1), _state(1), metadata={}, is_best=True)
+    assert storage.verify(tmp_path / "checkpoint_epoch_1") is None
+    assert storage.verify(manager.best_path) == "missing MANIFEST.json (never committed)"
+
+    monkeypatch.delenv(storage.KILL_ENV)
+    loaded = manager.find_latest()
+    assert loaded is not None and loaded.tag == CheckpointTag(1)
+    assert not manager.best_path.exists()
+    assert any(name.startswith("best.corrupt-") for name in os.listdir(tmp_path))
+
+
+def test_retention_never_removes_the_checkpoint_just_saved(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for epoch in (1, 2, 3, 4):
+        manager.save(CheckpointTag(epoch), _state(epoch), metadata={})
+    manager.save(CheckpointTag(2), _state(20), metadata={})  # training restarted from an older point
+    manager.wait_for_cleanup()
+    names = sorted(path.name for path in tmp_path.glob("checkpoint_*"))
+    assert names == ["checkpoint_epoch_2", "checkpoint_epoch_4"]
+    restarted = manager.load(tmp_path / "checkpoint_epoch_2")
+    assert torch.equal(restarted.state["model"]["w"], torch.full((3,), 20.0))

@@ -164,3 +164,22 @@ def test_kill_seam_leaves_a_torn_checkpoint_that_resume_skips(tmp_path):
     assert loaded is not None and loaded.tag.epoch == 1
     assert torch.equal(loaded.state["w"], torch.full((4,), 1.0))
     assert any(name.startswith("checkpoint_epoch_2.corrupt-") for name in os.listdir(tmp_path))
+
+
+def test_disk_errors_become_checkpoint_errors_and_leave_nothing(tmp_path, monkeypatch):
+    def disk_full(path, chunks):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "_write_file", disk_full)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*No space left on device"):
+        _write(tmp_path / "ck")
+    assert not any(tmp_path.iterdir())
+
+
+def test_clean_leftovers_drops_the_old_copy_when_the_replacement_was_committed(tmp_path):
+    _write(tmp_path / "checkpoint_epoch_3", {"weights": torch.zeros(2)})
+    _write(tmp_path / ".replaced-checkpoint_epoch_3-99999")
+    storage.clean_leftovers(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch_3"]
+    tree, _ = storage.read(tmp_path / "checkpoint_epoch_3")
+    assert torch.equal(tree["weights"], torch.zeros(2))

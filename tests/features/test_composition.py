@@ -4,6 +4,7 @@ from pymatgen.core import Element
 
 from topoclass.features.composition import (
     MAX_Z,
+    composition_descriptors,
     element_property_table,
     encode_compositions,
     parse_composition,
@@ -37,3 +38,12 @@ def test_element_table_is_standardized_and_orders_elements():
     x = table[1:, 1]
     assert int(np.argmax(x)) + 1 == Element("F").Z
     assert table[Element("Bi").Z, 0] > table[Element("Se").Z, 0]  # standardized Z keeps its order
+
+
+def test_descriptors_keep_counts_and_electron_parity():
+    descriptors = composition_descriptors(["Bi2Se3", "Bi4Se6", "NaCl", "Na1"])
+    # Bi2Se3: 2*83 + 3*34 = 268 electrons (even); Na: 11 (odd).
+    assert descriptors[0, 0] == 0 and descriptors[3, 0] == 1
+    # The reduced formula of Bi4Se6 is Bi2Se3: same reduced parity, different absolute size.
+    assert descriptors[1, 2] == descriptors[0, 2]
+    assert descriptors[1, 5] > descriptors[0, 5]

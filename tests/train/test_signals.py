@@ -52,10 +52,11 @@ def test_first_signal_sets_the_flag_and_the_loop_exits_resumable(signum):
     assert out.strip() == f"stop {signal.Signals(signum).name}"
 
 
-def test_second_sigint_interrupts_immediately():
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_after_a_stop_request_interrupts_immediately(first):
     process = _start("IGNORE_FLAG")
-    process.send_signal(signal.SIGTERM)
-    assert process.stdout.readline().strip() == "stop SIGTERM"
+    process.send_signal(first)
+    assert process.stdout.readline().strip() == f"stop {first.name}"
     process.send_signal(signal.SIGTERM)  # repeats of a non-interrupt signal change nothing
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)

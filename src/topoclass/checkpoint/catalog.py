@@ -53,19 +53,34 @@ class CheckpointInfo:
 
 
 def list_checkpoints(directory: Path, *, full: bool = False) -> list[CheckpointInfo]:
-    """Checkpoints of ``directory`` (or of a run directory's ``checkpoints/``), oldest first, ``best`` last.
+    """Checkpoints of ``directory`` (or of a run directory's ``checkpoints/``).
 
-    Includes uncommitted and set-aside (``*.corrupt-*``) ones with their problem.
-    ``full=False`` checks manifests and file sizes only; ``full=True`` re-hashes
-    every file (see :func:`verify_checkpoints`).
+    Numbered ones oldest first (uncommitted ones included, with their problem),
+    then those set aside as corrupt (``*.corrupt-*``), then ``best``.
+    ``full=False`` checks manifests and file sizes only; :func:`verify_checkpoints`
+    re-hashes every file.
     """
+    return _catalog(Path(directory), full=full, include_set_aside=True)
+
+
+def verify_checkpoints(directory: Path) -> list[CheckpointInfo]:
+    """Re-hash every file of every usable checkpoint (numbered ones and ``best``) against its manifest.
+
+    Checkpoints already set aside as corrupt are not listed: they are known bad.
+    """
+    return _catalog(Path(directory), full=True, include_set_aside=False)
+
+
+def _catalog(directory: Path, *, full: bool, include_set_aside: bool) -> list[CheckpointInfo]:
     directory = _checkpoint_root(Path(directory))
     numbered = [
         (path, storage.verify(path, full=full)) for _tag, path in reversed(checkpoint_dirs(directory))
     ]
     latest = next((path for path, problem in reversed(numbered) if problem is None), None)
-    set_aside = sorted(directory.glob(f"*{CORRUPT_MARK}*")) if directory.is_dir() else []
-    entries = numbered + [(path, "set aside after failing verification") for path in set_aside]
+    entries = list(numbered)
+    if include_set_aside and directory.is_dir():
+        for path in sorted(directory.glob(f"*{CORRUPT_MARK}*")):
+            entries.append((path, "set aside after failing verification"))
     best, best_source = directory / BEST_NAME, None
     if best.is_dir():
         best_problem = storage.verify(best, full=full)
@@ -74,9 +89,16 @@ def list_checkpoints(directory: Path, *, full: bool = False) -> list[CheckpointI
     return [_info(path, problem, best_source, latest) for path, problem in entries]
 
 
-def verify_checkpoints(directory: Path) -> list[CheckpointInfo]:
-    """Like :func:`list_checkpoints`, re-hashing every file against its manifest."""
-    return list_checkpoints(directory, full=True)
+def format_info(info: CheckpointInfo) -> str:
+    """One line describing ``info``, for listings: name, epoch, step, size, time, flags, status."""
+    epoch = "?" if info.epoch is None else str(info.epoch)
+    step = "end" if info.step is None else str(info.step)
+    flags = ",".join(flag for flag, on in (("latest", info.is_latest), ("best", info.is_best)) if on)
+    status = "ok" if info.verified else f"PROBLEM: {info.problem}"
+    return (
+        f"{info.name:<36} epoch {epoch:>4} step {step:>7} {info.size_bytes / 1e6:9.1f} MB "
+        f"{info.created or '-':<25} {flags:<11} {status}"
+    )
 
 
 def inspect_checkpoint(path: Path) -> dict[str, Any]:

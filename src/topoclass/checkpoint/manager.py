@@ -24,6 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,7 @@ class CheckpointManager:
         self.every_steps = every_steps
         self._clock = clock
         self._last_save = clock()
+        self._deletions: list[Future[None]] = []
 
     def due_mid_epoch(self, global_step: int) -> bool:
         """True when ``every_minutes`` passed since the last save or ``global_step`` hits ``every_steps``."""
@@ -161,17 +163,22 @@ class CheckpointManager:
     def save(
         self, tag: CheckpointTag, state: dict[str, Any], *, metadata: dict[str, Any], is_best: bool = False
     ) -> Path:
-        """Commit a checkpoint, point ``latest`` at it, update ``best`` if asked, then apply retention."""
+        """Commit a checkpoint, point ``latest`` at it, update ``best`` if asked, then apply retention.
+
+        With ``is_best`` this is two checkpoint writes as the storage's kill seam
+        counts them: the checkpoint, then ``best/`` (hard links, own manifest).
+        """
         path = storage.write_checkpoint(
             self.directory / tag.name(), state, metadata=metadata, epoch=tag.epoch, step=tag.step
         )
         problem = storage.verify(path, full=False)  # bytes were hashed as written; re-check the commit
         if problem is not None:
             raise CheckpointError(f"checkpoint {path} failed verification right after writing: {problem}")
-        storage.atomic_write_bytes(self.directory / LATEST_POINTER, f"{tag.name()}\n".encode())
+        # A hint for people and tools, so not fsynced: resume scans and verifies instead of trusting it.
+        storage.atomic_write_bytes(self.directory / LATEST_POINTER, f"{tag.name()}\n".encode(), durable=False)
         if is_best:
             self._link_best(path)
-        self._apply_retention()
+        self._apply_retention(keep=path)
         self._last_save = self._clock()
         return path
 
@@ -187,8 +194,14 @@ class CheckpointManager:
         return self.directory / BEST_NAME
 
     def find_latest(self) -> LoadedCheckpoint | None:
-        """The newest intact checkpoint, setting corrupt ones aside; None if there is none."""
+        """The newest intact checkpoint, setting corrupt ones aside; None if there is none.
+
+        Also repairs what a killed process left: uncommitted temp directories are
+        removed, and a ``best/`` that fails verification is set aside.
+        """
         storage.clean_leftovers(self.directory)
+        if self.best_path.is_dir() and (problem := storage.verify(self.best_path)) is not None:
+            storage.set_aside_as_corrupt(self.best_path, problem)
         return latest_in(self.directory, set_aside_corrupt=True)
 
     def load(self, path: Path) -> LoadedCheckpoint:
@@ -198,12 +211,12 @@ class CheckpointManager:
         when searching another directory, failing ones are skipped, not renamed.
         """
         path = Path(path)
-        if path.resolve() == self.directory.resolve():
-            found = self.find_latest()
-        elif _is_single_checkpoint(path):
+        if _is_single_checkpoint(path):
             return read_checkpoint(path)
+        search = path / RUN_CHECKPOINT_SUBDIR if (path / RUN_CHECKPOINT_SUBDIR).is_dir() else path
+        if search.resolve() == self.directory.resolve():
+            found = self.find_latest()
         else:
-            search = path / RUN_CHECKPOINT_SUBDIR if (path / RUN_CHECKPOINT_SUBDIR).is_dir() else path
             if not checkpoint_dirs(search):
                 storage.refuse_if_foreign(search)  # explains a missing path or pickle files
                 raise CheckpointError(f"no checkpoint found in {path}")
@@ -215,22 +228,41 @@ class CheckpointManager:
     def _link_best(self, source: Path) -> None:
         """Make ``best/`` a committed copy of ``source``, sharing its files through hard links."""
         temp = storage.fresh_temp_dir(self.best_path)
+        copies = []
         for name in storage.DATA_FILES:
             try:
-                os.link(source / name, temp / name)
-            except OSError:  # filesystems without hard links: fall back to a durable copy
+                os.link(source / name, temp / name)  # same inode: its data is already durable
+            except OSError:  # filesystems without hard links
                 shutil.copyfile(source / name, temp / name)
-                _fsync_file(temp / name)
+                copies.append(temp / name)
         manifest = {**storage.read_manifest(source), "source": source.name}
-        storage.commit_directory(temp, self.best_path, manifest)
+        storage.commit_directory(temp, self.best_path, manifest, unsynced=copies)
 
-    def _apply_retention(self) -> None:
+    def _apply_retention(self, *, keep: Path) -> None:
+        """Remove all but the newest ``keep_last`` committed checkpoints, never ``keep`` itself.
+
+        ``keep`` matters after resuming from an older checkpoint while newer ones
+        exist: by tag order the fresh checkpoint would otherwise be the oldest.
+        """
         committed = [
-            path for _tag, path in checkpoint_dirs(self.directory) if (path / storage.MANIFEST_FILE).exists()
+            path
+            for _tag, path in checkpoint_dirs(self.directory)
+            if (path / storage.MANIFEST_FILE).exists() and path != keep
         ]
-        for path in committed[self.keep_last :]:
+        for path in committed[self.keep_last - 1 :]:
             log.info("Removing old checkpoint %s (keep_last=%d)", path.name, self.keep_last)
-            storage.remove_checkpoint(path)
+            self._deletions.append(storage.remove_checkpoint(path))
+
+    def wait_for_cleanup(self) -> None:
+        """Wait until old checkpoints removed by retention are deleted from disk.
+
+        Retention renames them away at once (they are no longer checkpoints) and
+        frees their space in the background; call this before measuring disk use
+        or exiting early.
+        """
+        for deletion in self._deletions:
+            deletion.result()
+        self._deletions.clear()
 
 
 def _is_single_checkpoint(path: Path) -> bool:
@@ -239,11 +271,3 @@ def _is_single_checkpoint(path: Path) -> bool:
     if tag_or_none(path.name) is not None or path.name == BEST_NAME:
         return True
     return any((path / name).exists() for name in (storage.MANIFEST_FILE, *storage.DATA_FILES))
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

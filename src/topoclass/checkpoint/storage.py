@@ -13,18 +13,21 @@ the previous checkpoints untouched or a directory that is visibly uncommitted):
 1. Everything is serialized in memory first, so a bad state tree fails before
    any file exists.
 2. The data files are written into a temporary directory in the same parent
-   (``.tmp-<name>-<pid>``); each file is written once, hashed from the same
-   in-memory buffers while it is written (no re-read), and fsynced. Then the
-   temporary directory itself is fsynced so its entries are durable.
+   (``.tmp-<name>-<pid>``); each file is written once and hashed from the same
+   in-memory buffers while it is written (no re-read). The files and the
+   temporary directory (so its entries are durable) are then fsynced, all
+   concurrently: a journaling filesystem folds concurrent fsyncs into one
+   journal commit, so together they cost about as much as the largest one.
 3. The temporary directory is renamed to the final name (atomic within one
-   filesystem) and the parent directory is fsynced so the rename is durable.
-   If a checkpoint of that name already existed it is first renamed to
-   ``.replaced-<name>-<pid>`` and only deleted after the new one is committed;
-   :func:`clean_leftovers` puts it back if the process died in between.
-4. LAST, ``MANIFEST.json`` is written to a temporary file inside the directory,
-   fsynced, renamed into place, and the directory is fsynced. The manifest is
-   the commit mark: a directory without a valid manifest is not a checkpoint,
-   whatever else it contains.
+   filesystem). If a checkpoint of that name already existed it is first
+   renamed to ``.replaced-<name>-<pid>`` and only deleted after the new one is
+   committed; :func:`clean_leftovers` puts it back if the process died in between.
+4. LAST, ``MANIFEST.json`` is written to a temporary file inside the directory;
+   that file and the parent directory (making the rename of step 3 durable) are
+   fsynced, the file is renamed into place, and the directory is fsynced. The
+   manifest is the commit mark: a directory without a valid manifest is not a
+   checkpoint, whatever else it contains. The manifest can only become
+   durable after everything it describes already is.
 
 :func:`verify` re-reads every file and checks sizes and SHA-256 against the
 manifest. :func:`read` verifies the very bytes it then decodes, using only
@@ -33,10 +36,11 @@ pickle-based format are refused outright, because unpickling can execute code.
 
 Testing seam: if the environment variable
 ``TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE`` holds an integer N, the process sends
-itself SIGKILL during its N-th call of :func:`write_checkpoint` (counted per
-process, from 1), after the data files are in the final directory but before
-the manifest, leaving a torn, uncommitted checkpoint behind. Crash tests use it;
-it is inert when the variable is unset.
+itself SIGKILL during its N-th checkpoint write (counted per process, from 1;
+every :func:`write_checkpoint` and every :func:`commit_directory`, such as the
+hard-linked ``best/`` of the manager, is one write), after the data files are in
+the final directory but before the manifest, leaving a torn, uncommitted
+checkpoint behind. Crash tests use it; it is inert when the variable is unset.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ import logging
 import os
 import shutil
 import signal
-import threading
+import uuid
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,31 +78,41 @@ KILL_ENV = "TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE"
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"})
 _READ_CHUNK = 8 << 20
 _write_count = 0
+# Threads for work that overlaps I/O: hashing, concurrent fsyncs, deleting old checkpoints.
+_IO_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="checkpoint-io")
 
 
 def write_checkpoint(
     path: Path, tree: Any, *, metadata: dict[str, Any], epoch: int, step: int | None
 ) -> Path:
     """Durably write ``tree`` and ``metadata`` as the checkpoint directory ``path``."""
-    global _write_count
-    _write_count += 1
     path = Path(path)
     tensors, json_tree = flatten(tree)
-    state_bytes = _json_bytes({"tree": json_tree, "metadata": metadata}, what="checkpoint metadata")
+    contents = {
+        TENSORS_FILE: safetensors_chunks(tensors),
+        STATE_FILE: [_json_bytes({"tree": json_tree, "metadata": metadata}, what="checkpoint metadata")],
+    }
+    # Hashing the big file runs in the I/O pool while the files are written and fsynced
+    # (hashlib releases the GIL), so it overlaps the I/O and nothing is read back to be hashed.
+    tensors_digest = _IO_POOL.submit(_sha256_hex, contents[TENSORS_FILE])
+    state_digest = _sha256_hex(contents[STATE_FILE])
     temp = fresh_temp_dir(path)
-    files = {
-        TENSORS_FILE: _write_file(temp / TENSORS_FILE, safetensors_chunks(tensors)),
-        STATE_FILE: _write_file(temp / STATE_FILE, [state_bytes]),
-    }
-    manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "epoch": epoch,
-        "step": step,
-        "files": files,
-    }
-    _commit(temp, path, manifest, kill_point=True)
+    try:
+        sizes = {name: _write_file(temp / name, chunks) for name, chunks in contents.items()}
+        fsync_paths(*(temp / name for name in contents), temp)
+        digests = {TENSORS_FILE: tensors_digest.result(), STATE_FILE: state_digest}
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "epoch": epoch,
+            "step": step,
+            "files": {name: {"sha256": digests[name], "size": sizes[name]} for name in contents},
+        }
+        _commit(temp, path, manifest)
+    except OSError as error:  # disk full, permissions...: nothing was committed
+        shutil.rmtree(temp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
     return path
 
 
@@ -110,40 +125,71 @@ def fresh_temp_dir(final: Path) -> Path:
     return temp
 
 
-def commit_directory(temp: Path, final: Path, manifest: dict[str, Any]) -> None:
-    """Steps 2 to 4 of the protocol for a temp dir whose files are already written and fsynced."""
-    _commit(temp, final, manifest, kill_point=False)
+def commit_directory(
+    temp: Path, final: Path, manifest: dict[str, Any], *, unsynced: Iterable[Path] = ()
+) -> None:
+    """Steps 2 (fsync) to 4 of the protocol for a temp dir whose files are written.
+
+    ``unsynced`` lists the files in ``temp`` that still need an fsync.
+    """
+    fsync_paths(*unsynced, temp)
+    _commit(temp, final, manifest)
 
 
-def _commit(temp: Path, final: Path, manifest: dict[str, Any], *, kill_point: bool) -> None:
-    fsync_directory(temp)
+def _commit(temp: Path, final: Path, manifest: dict[str, Any]) -> None:
+    """Steps 3 and 4: rename the fsynced temp dir into place, then write the manifest."""
+    global _write_count
+    _write_count += 1
     replaced = _move_existing_aside(final)
     os.rename(temp, final)
-    fsync_directory(final.parent)
-    if kill_point:
-        _maybe_kill_for_test()
-    write_manifest(final, manifest)
+    _maybe_kill_for_test()
+    # The parent's fsync (making the rename durable) runs concurrently with the
+    # manifest file's: both must complete before the manifest is renamed into place.
+    write_manifest(final, manifest, also_sync=(final.parent,))
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: Path, manifest: dict[str, Any], *, also_sync: Iterable[Path] = ()) -> None:
     """Commit ``directory`` by atomically writing its manifest (the last step of a write)."""
-    atomic_write_bytes(directory / MANIFEST_FILE, _json_bytes(manifest, what="manifest", indent=1))
+    data = _json_bytes(manifest, what="manifest", indent=1)
+    atomic_write_bytes(directory / MANIFEST_FILE, data, also_sync=also_sync)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
+def atomic_write_bytes(
+    path: Path, data: bytes, *, durable: bool = True, also_sync: Iterable[Path] = ()
+) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory.
+
+    Readers see the old or the new content, never a mix. ``also_sync`` paths are
+    fsynced together with the temp file. ``durable=False`` skips the fsyncs,
+    for hints that may be lost in a crash.
+    """
     temp = path.with_name(f"{TEMP_PREFIX}{path.name}-{os.getpid()}")
     temp.unlink(missing_ok=True)
     _write_file(temp, [data])
+    if durable:
+        fsync_paths(temp, *also_sync)
     os.replace(temp, path)
-    fsync_directory(path.parent)
+    if durable:
+        fsync_directory(path.parent)
 
 
 def fsync_directory(directory: Path) -> None:
     """Make the entries of ``directory`` (creations, renames) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_paths(directory)
+
+
+def fsync_paths(*paths: Path) -> None:
+    """fsync files and directories, concurrently when there are several."""
+    if len(paths) == 1:
+        _fsync_path(paths[0])
+    else:
+        list(_IO_POOL.map(_fsync_path, paths))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -157,15 +203,8 @@ def _json_bytes(value: Any, *, what: str, indent: int | None = None) -> bytes:
         raise CheckpointError(f"{what} is not JSON-serializable: {error}") from None
 
 
-def _write_file(path: Path, chunks: list[bytes | memoryview]) -> dict[str, Any]:
-    """Write ``chunks`` to a new file, fsync it, return its size and SHA-256.
-
-    Hashing runs in a second thread over the same buffers while this one writes:
-    both release the GIL, so the hash costs next to nothing on top of the write.
-    """
-    digest = hashlib.sha256()
-    hasher = threading.Thread(target=_hash_all, args=(digest, chunks), daemon=True)
-    hasher.start()
+def _write_file(path: Path, chunks: list[bytes | memoryview]) -> int:
+    """Write ``chunks`` to a new file with one pass over the buffers; returns its size."""
     size = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -175,16 +214,16 @@ def _write_file(path: Path, chunks: list[bytes | memoryview]) -> dict[str, Any]:
                 written = os.write(fd, view)
                 view = view[written:]
                 size += written
-        os.fsync(fd)
     finally:
         os.close(fd)
-        hasher.join()
-    return {"sha256": digest.hexdigest(), "size": size}
+    return size
 
 
-def _hash_all(digest: Any, chunks: Iterable[bytes | memoryview]) -> None:
+def _sha256_hex(chunks: list[bytes | memoryview]) -> str:
+    digest = hashlib.sha256()
     for chunk in chunks:
         digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _move_existing_aside(path: Path) -> Path | None:
@@ -315,12 +354,14 @@ def _looks_pickled(file: Path) -> bool:
     return is_pickle or head == b"PK\x03\x04"  # torch.save's zip container holds a pickle
 
 
-def remove_checkpoint(path: Path) -> None:
-    """Delete a checkpoint: first rename it to a temp name so a half-deleted one is never seen."""
+def remove_checkpoint(path: Path) -> Future[None]:
+    """Delete a checkpoint: renamed to a temp name now (so a half-deleted one is never seen),
+    its files freed in the background (deleting large files takes a while on some filesystems).
+    """
     path = Path(path)
-    doomed = path.parent / f"{TEMP_PREFIX}deleted-{path.name}-{os.getpid()}"
+    doomed = path.parent / f"{TEMP_PREFIX}deleted-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.rename(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    return _IO_POOL.submit(shutil.rmtree, doomed, ignore_errors=True)
 
 
 def clean_leftovers(directory: Path) -> None:
@@ -346,13 +387,14 @@ def clean_leftovers(directory: Path) -> None:
 def _restore_replaced(aside: Path) -> None:
     name = aside.name.removeprefix(REPLACED_PREFIX).rsplit("-", 1)[0]
     original = aside.parent / name
-    if verify(original) is None or verify(aside) is not None:
+    problem = verify(original)
+    if problem is None:  # the replacement did get committed: the old one is obsolete
         shutil.rmtree(aside, ignore_errors=True)
         return
     if original.exists():
-        set_aside_as_corrupt(original, "replacement never committed")
+        set_aside_as_corrupt(original, problem)
     log.warning("Restoring %s, whose replacement was never committed", original)
-    os.rename(aside, original)
+    os.rename(aside, original)  # verified like any other checkpoint when it is next read
     fsync_directory(aside.parent)
 
 

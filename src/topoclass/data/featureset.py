@@ -29,6 +29,7 @@ class FeatureSet:
     tasks: list[TaskConfig]
     element_index: torch.Tensor  # [N, E] atomic numbers, 0 = padding
     element_fraction: torch.Tensor  # [N, E]
+    descriptors: torch.Tensor  # [N, D] whole-formula facts (counts, electron parity)
     spacegroup: torch.Tensor  # [N] 1..230
     labels: torch.Tensor  # [N, T] class index or value; NaN = missing
     graph_index: torch.Tensor  # [N] row in `graphs`, -1 = no structure
@@ -46,6 +47,7 @@ class FeatureSet:
         batch: dict[str, Any] = {
             "element_index": self.element_index[rows],
             "element_fraction": self.element_fraction[rows],
+            "descriptors": self.descriptors[rows],
             "spacegroup": self.spacegroup[rows],
             "labels": self.labels[rows],
         }
@@ -62,6 +64,7 @@ class FeatureSet:
         out = {
             "element_index": self.element_index,
             "element_fraction": self.element_fraction,
+            "descriptors": self.descriptors,
             "spacegroup": self.spacegroup,
             "labels": self.labels,
             "graph_index": self.graph_index,

@@ -21,11 +21,11 @@ from topoclass.data.clean import clean_materials
 from topoclass.data.featureset import FeatureSet, encode_labels
 from topoclass.data.records import Material, Reject
 from topoclass.data.registry import RawDataset, load_dataset
-from topoclass.features.composition import encode_compositions
+from topoclass.features.composition import composition_descriptors, encode_compositions
 
 logger = logging.getLogger(__name__)
 
-FEATURIZER_VERSION = 1
+FEATURIZER_VERSION = 2
 
 
 @dataclass
@@ -118,6 +118,7 @@ def _featurize(
         tasks=cleaned.tasks,
         element_index=torch.from_numpy(element_index),
         element_fraction=torch.from_numpy(element_fraction),
+        descriptors=torch.from_numpy(composition_descriptors([m.formula for m in kept])),
         spacegroup=torch.tensor([m.spacegroup for m in kept], dtype=torch.long),
         labels=encode_labels([m.labels for m in kept], cleaned.tasks),
         graph_index=torch.tensor([graph_by_id.get(m.id, -1) for m in kept], dtype=torch.long),
@@ -177,6 +178,7 @@ def _features_from_cache(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
         tasks=[TaskConfig.model_validate(t) for t in meta["tasks"]],
         element_index=tensors["element_index"],
         element_fraction=tensors["element_fraction"],
+        descriptors=tensors["descriptors"],
         spacegroup=tensors["spacegroup"],
         labels=tensors["labels"],
         graph_index=tensors["graph_index"],

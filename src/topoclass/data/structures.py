@@ -119,8 +119,18 @@ def _read_cif(text: str) -> Structure:
         return _read_cif_with_pymatgen(text)
     cell = small.cell
     lattice = Lattice.from_parameters(cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)
-    frac_coords = np.array([site.fract.tolist() for site in sites], dtype=float) % 1.0
+    frac_coords = _snap_thirds(np.array([site.fract.tolist() for site in sites], dtype=float) % 1.0)
     return Structure(lattice, numbers, frac_coords)
+
+
+def _snap_thirds(frac_coords: np.ndarray) -> np.ndarray:
+    """Round coordinates within 1e-4 (relative) of 1/3 or 2/3 to the exact value, as pymatgen's
+    CIF parser does: CIFs print 0.333333, which nudges atoms on three-fold positions off their
+    sites and splits distances that symmetry makes equal."""
+    snapped = frac_coords.copy()
+    for third in (1 / 3, 2 / 3):
+        snapped[np.abs(frac_coords / third - 1.0) <= 1e-4] = third
+    return snapped
 
 
 def _read_cif_with_pymatgen(text: str) -> Structure:
@@ -184,7 +194,9 @@ def check_structure(
         species = site.specie
         if isinstance(species, DummySpecies) or getattr(species, "Z", 0) < 1:
             return f"unknown or dummy species '{species}'"
-    centers, others, _, distances = neighbors if neighbors is not None else periodic_neighbors(structure, cutoff)
+    centers, others, _, distances = (
+        neighbors if neighbors is not None else periodic_neighbors(structure, cutoff)
+    )
     if distances.size and distances.min() < MIN_INTERATOMIC_DISTANCE:
         at = int(np.argmin(distances))
         return (
@@ -198,8 +210,8 @@ def check_structure(
     return None
 
 
-def derive_formula_and_spacegroup(structure: Structure, symprec: float) -> tuple[str, int | None]:
-    """Reduced formula and spglib space-group number (None when spglib finds no symmetry).
+def derive_formula_and_spacegroup(structure: Structure, symprec: float) -> tuple[str, int]:
+    """Reduced formula and spglib space-group number; :class:`DataError` when spglib finds none.
 
     ``symprec`` is spglib's distance tolerance in Å (0.1 by default, as the Materials Project
     uses for the space groups it reports, which is what the label sources were built from);
@@ -207,13 +219,19 @@ def derive_formula_and_spacegroup(structure: Structure, symprec: float) -> tuple
     """
     import spglib
 
-    formula = reduced_formula(structure)
     cell = (structure.lattice.matrix, structure.frac_coords, np.asarray(structure.atomic_numbers))
     try:
-        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec, angle_tolerance=ANGLE_TOLERANCE_DEGREES)
-    except Exception:  # spglib >= 2.5 raises where older versions returned None
+        with warnings.catch_warnings():
+            # spglib 2.x warns about its error-handling mode on every call; both modes are handled.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dataset = spglib.get_symmetry_dataset(
+                cell, symprec=symprec, angle_tolerance=ANGLE_TOLERANCE_DEGREES
+            )
+    except Exception:  # newer spglib raises where older versions returned None
         dataset = None
-    return formula, (int(dataset.number) if dataset is not None else None)
+    if dataset is None:
+        raise DataError(f"spglib found no space group (symprec {symprec} Å)")
+    return reduced_formula(structure), int(dataset.number)
 
 
 def reduced_formula(structure: Structure) -> str:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def baseline_features(features: FeatureSet) -> np.ndarray:
-    """Fixed-length descriptor per material, [N, D]."""
+    """Fixed-length descriptor per material, [N, D]: what the neural encoders see, flattened."""
     index = features.element_index.numpy()
     fraction = features.element_fraction.numpy().astype(np.float64)
     n = len(index)
@@ -45,7 +45,7 @@ def baseline_features(features: FeatureSet) -> np.ndarray:
             largest,
             smallest,
             largest - smallest,
-            (index > 0).sum(axis=1, keepdims=True),
+            features.descriptors.numpy(),
             spacegroup[:, None],
             spacegroup_feature_table()[spacegroup],
         ]

@@ -17,7 +17,7 @@ from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import Material
 from topoclass.data.tables import read_table
 from topoclass.errors import ConfigError, DataError
-from topoclass.features.composition import encode_compositions, parse_composition
+from topoclass.features.composition import composition_descriptors, encode_compositions, parse_composition
 from topoclass.model.inference import raw_outputs, to_probabilities
 from topoclass.model.multitask import MultitaskModel
 from topoclass.train.device import select_device
@@ -99,6 +99,7 @@ def features_for_materials(materials: list[Material], tasks: list[TaskConfig]) -
         tasks=tasks,
         element_index=torch.from_numpy(element_index),
         element_fraction=torch.from_numpy(element_fraction),
+        descriptors=torch.from_numpy(composition_descriptors([m.formula for m in materials])),
         spacegroup=torch.tensor([m.spacegroup for m in materials], dtype=torch.long),
         labels=torch.full((n, len(tasks)), float("nan")),
         graph_index=torch.full((n,), -1, dtype=torch.long),

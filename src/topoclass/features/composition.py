@@ -33,6 +33,7 @@ _SCALAR_PROPERTIES = (
     "average_ionic_radius",
 )
 _BLOCKS = ("s", "p", "d", "f")
+NUM_DESCRIPTORS = 8
 
 
 def _valence_shell_counts(element: Element) -> list[float]:
@@ -92,6 +93,36 @@ def parse_composition(formula: str) -> dict[int, float]:
     composition = Composition(formula)
     fractions = composition.fractional_composition
     return {element.Z: float(amount) for element, amount in fractions.items()}
+
+
+def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
+    """Whole-formula facts that fractions lose, shape [N, NUM_DESCRIPTORS].
+
+    Electron-count parity matters physically: an odd number of electrons per
+    cell cannot fill bands completely, so filling alone can enforce a
+    semimetal. Fractions forget absolute counts, so counts and parities of both
+    the formula as given and its reduced form are kept here.
+    """
+    rows = []
+    for formula in formulas:
+        composition = Composition(formula)
+        reduced = composition.reduced_composition
+        electrons = round(sum(el.Z * amount for el, amount in composition.items()))
+        reduced_electrons = round(sum(el.Z * amount for el, amount in reduced.items()))
+        atoms = composition.num_atoms
+        rows.append(
+            [
+                electrons % 2,
+                electrons % 4 / 3,
+                reduced_electrons % 2,
+                round(atoms) % 2,
+                round(reduced.num_atoms) % 2,
+                math.log(atoms),
+                math.log(reduced.num_atoms),
+                len(composition) / 8,
+            ]
+        )
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_DESCRIPTORS)
 
 
 def encode_compositions(formulas: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

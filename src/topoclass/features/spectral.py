@@ -153,7 +153,7 @@ def _size_groups(sizes: list[int]) -> list[list[int]]:
 def _group_spectra(graphs: Sequence[CrystalGraph], k: int, device: torch.device) -> list[Spectrum]:
     """Eigenpairs of several graphs at once via one batched ``eigh`` on padded block matrices."""
     sizes = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
-    batch, n_max = len(graphs), int(sizes.max())
+    batch, n_max = len(graphs), max(1, int(sizes.max()))  # a node-less graph still gets a padded row
     laplacian = _padded_laplacians(graphs, sizes, n_max).to(device)
     eigenvalues, eigenvectors = torch.linalg.eigh(laplacian)
     kept = min(k, n_max)

@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ def featurize_one(ref: StructureRef, *, cutoff: float, max_neighbors: int, sympr
         if problem is not None:
             return None, None, problem, None
         formula, spacegroup = derive_formula_and_spacegroup(structure, symprec)
-        graph = build_crystal_graph(structure, cutoff=cutoff, max_neighbors=max_neighbors, neighbors=neighbors)
+        graph = build_crystal_graph(
+            structure, cutoff=cutoff, max_neighbors=max_neighbors, neighbors=neighbors
+        )
     except DataError as exc:
         return None, None, exc.reason, None
     except Exception as exc:  # a library failing on one odd structure must not stop the others
@@ -93,6 +96,7 @@ def featurize_structures(
     work = partial(
         featurize_one, cutoff=graph.cutoff, max_neighbors=graph.max_neighbors, symprec=graph.symprec
     )
+    start = time.perf_counter()
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(refs), desc="featurizing structures", unit="structure", disable=not progress)
     outcomes: list[_Outcome] = []
@@ -111,7 +115,15 @@ def featurize_structures(
     graphs = [outcome[3] for outcome in outcomes if outcome[3] is not None]
     graph_index = np.full(len(outcomes), -1, dtype=np.int64)
     graph_index[[i for i, outcome in enumerate(outcomes) if outcome[3] is not None]] = np.arange(len(graphs))
+    parsed = time.perf_counter()
     spectra = laplacian_spectra(graphs, graph.spectral_k, device=device)
+    logger.info(
+        "featurized %d structures with %d workers in %.1f s (%.1f s of it for Laplacian spectra)",
+        len(refs),
+        workers,
+        time.perf_counter() - start,
+        time.perf_counter() - parsed,
+    )
     features = StructureFeatures(
         formula=[outcome[0] for outcome in outcomes],
         spacegroup=[outcome[1] for outcome in outcomes],

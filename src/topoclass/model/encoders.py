@@ -33,7 +33,9 @@ class CompositionEncoder(nn.Module):
     heavy p-block element next to a chalcogen matters, not each alone).
     """
 
-    def __init__(self, embedding_dim: int, hidden_dim: int, heads: int, dropout: float) -> None:
+    def __init__(
+        self, embedding_dim: int, hidden_dim: int, heads: int, dropout: float, num_descriptors: int
+    ) -> None:
         super().__init__()
         table = torch.from_numpy(element_property_table())
         self.register_buffer("element_properties", table)
@@ -47,8 +49,12 @@ class CompositionEncoder(nn.Module):
             enable_nested_tensor=False,
         )
         self.gate = nn.Linear(hidden_dim, 1)
+        self.descriptors = mlp(num_descriptors, hidden_dim, hidden_dim, dropout)
+        self.combine = mlp(2 * hidden_dim, hidden_dim, hidden_dim, dropout)
 
-    def forward(self, element_index: torch.Tensor, element_fraction: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, element_index: torch.Tensor, element_fraction: torch.Tensor, descriptors: torch.Tensor
+    ) -> torch.Tensor:
         padding = element_index == 0
         fraction = element_fraction.unsqueeze(-1)
         tokens = torch.cat(
@@ -64,7 +70,8 @@ class CompositionEncoder(nn.Module):
         # Attention pooling, biased by the log fraction so majority elements weigh more.
         scores = self.gate(hidden).squeeze(-1) + torch.log(element_fraction.clamp_min(1e-4))
         weights = torch.softmax(scores.masked_fill(padding, float("-inf")), dim=-1)
-        return torch.einsum("be,beh->bh", weights, hidden)
+        pooled = torch.einsum("be,beh->bh", weights, hidden)
+        return self.combine(torch.cat([pooled, self.descriptors(descriptors)], dim=-1))
 
 
 class SymmetryEncoder(nn.Module):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from topoclass.config import ModelConfig, TaskConfig
+from topoclass.features.composition import NUM_DESCRIPTORS
 from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
 from topoclass.model.heads import TaskHeads
 
@@ -29,7 +30,8 @@ class MultitaskModel(nn.Module):
         self.task_names = [task.name for task in tasks]
         hidden = config.hidden_dim
         self.composition = CompositionEncoder(
-            config.element_embedding_dim, hidden, config.composition_heads, config.dropout
+            config.element_embedding_dim, hidden, config.composition_heads, config.dropout,
+            num_descriptors=NUM_DESCRIPTORS,
         )
         self.symmetry = SymmetryEncoder(config.spacegroup_embedding_dim, hidden, config.dropout)
         self.structure: nn.Module | None = None
@@ -62,7 +64,7 @@ class MultitaskModel(nn.Module):
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Fused material embeddings [B, hidden]."""
         tokens = [
-            self.composition(batch["element_index"], batch["element_fraction"]),
+            self.composition(batch["element_index"], batch["element_fraction"], batch["descriptors"]),
             self.symmetry(batch["spacegroup"]),
         ]
         size = tokens[0].shape[0]

@@ -167,6 +167,7 @@ class Trainer:
             "code_revision": self.code_revision,
             "resumed_from": self.resumed_from,
             "tasks": [task.model_dump(mode="json") for task in self.features.tasks],
+            "history": self.state.history,
         }
         if best_only:
             self.checkpoints.save_best(tag, state, metadata=metadata)

@@ -1,0 +1,86 @@
+"""Crystal-graph encoder: element embeddings plus sign-invariant Laplacian encodings, CGConv layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+from torch_geometric.nn import CGConv, global_max_pool, global_mean_pool
+
+from topoclass.features.graph import gaussian_rbf
+
+
+class SignInvariantPositionalEncoding(nn.Module):
+    """Laplacian eigenvectors to node features, unchanged when any eigenvector flips sign.
+
+    Each eigenvector entry ``v`` goes through ``phi(v, lambda) + phi(-v, lambda)`` (SignNet's
+    construction, applied entrywise), masked channels are zeroed, and ``rho`` mixes the k
+    channels. Entries are scaled by sqrt(graph size) so a unit eigenvector's entries are of
+    order one in every crystal. Rotations inside a degenerate eigenspace are not
+    neutralized; the eigenvalues passed alongside let the model learn how far to trust them.
+    """
+
+    def __init__(self, spectral_k: int, hidden_dim: int, phi_dim: int = 16) -> None:
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(2, phi_dim), nn.SiLU(), nn.Linear(phi_dim, phi_dim))
+        self.rho = nn.Linear(spectral_k * phi_dim, hidden_dim)
+
+    def forward(
+        self, pe: torch.Tensor, eigenvalues: torch.Tensor, mask: torch.Tensor, batch: torch.Tensor
+    ) -> torch.Tensor:
+        nodes_per_graph = torch.bincount(batch, minlength=eigenvalues.shape[0]).to(pe.dtype)
+        scaled = pe * nodes_per_graph.sqrt()[batch].unsqueeze(1)
+        values = eigenvalues[batch].to(pe.dtype)
+        plus = self.phi(torch.stack([scaled, values], dim=-1))
+        minus = self.phi(torch.stack([-scaled, values], dim=-1))
+        channels = (plus + minus) * mask[batch].unsqueeze(-1).to(pe.dtype)
+        return self.rho(channels.flatten(1))
+
+
+class StructureEncoder(nn.Module):
+    """One embedding [hidden_dim] per crystal from its graph (a batch from ``GraphStore.batch``)."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_layers: int,
+        num_rbf: int,
+        cutoff: float,
+        spectral_k: int,
+        dropout: float,
+        num_elements: int = 119,
+    ) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        self.num_rbf = num_rbf
+        self.element_embedding = nn.Embedding(num_elements, hidden_dim)
+        self.positional = SignInvariantPositionalEncoding(spectral_k, hidden_dim)
+        # Per-node LayerNorm rather than BatchNorm: a crystal's embedding must not depend on
+        # which other crystals share its batch.
+        self.convolutions = nn.ModuleList(
+            CGConv(hidden_dim, dim=num_rbf, aggr="add", batch_norm=False) for _ in range(num_layers)
+        )
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(num_layers))
+        self.dropout = nn.Dropout(dropout)
+        self.readout = nn.Sequential(
+            nn.Linear(2 * hidden_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
+        )
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Crystal embeddings [num_graphs, hidden_dim]."""
+        nodes = self.element_embedding(batch.z) + self.positional(
+            batch.pe, batch.eigenvalues, batch.eigenvalue_mask, batch.batch
+        )
+        edge_features = gaussian_rbf(batch.edge_distance, cutoff=self.cutoff, num_rbf=self.num_rbf)
+        for convolution, norm in zip(self.convolutions, self.norms, strict=True):
+            update = convolution(nodes, batch.edge_index, edge_features)
+            nodes = norm(nodes + self.dropout(update))
+        num_graphs = batch.num_graphs
+        pooled = torch.cat(
+            [
+                global_mean_pool(nodes, batch.batch, size=num_graphs),
+                global_max_pool(nodes, batch.batch, size=num_graphs),
+            ],
+            dim=1,
+        )
+        return self.readout(pooled)

@@ -1,0 +1,124 @@
+"""Kill real training processes and check that resuming ends bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, start_cli
+from topoclass.checkpoint.manager import CheckpointManager
+from topoclass.train.signals import EXIT_RESUMABLE
+
+pytestmark = pytest.mark.slow
+
+KILLS = 12
+
+
+def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
+    loaded = CheckpointManager(run_dir / "checkpoints").find_latest()
+    assert loaded is not None and loaded.state["trainer"]["finished"]
+    return loaded.state["model"]
+
+
+def history(run_dir: Path) -> list[str]:
+    return (run_dir / "metrics.jsonl").read_text().splitlines()
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"parameter {key} differs"
+
+
+def train_args(config: Path, run_dir: Path) -> list[str]:
+    return ["train", "--config", str(config), "--run-dir", str(run_dir), "--resume", "auto"]
+
+
+def kill_after_start(args: list[str], tmp_path: Path, delay: float, **env: str) -> int | None:
+    """Start training, wait until it trains, SIGKILL it after ``delay`` s; its exit code if it ended first."""
+    process = start_cli(args, tmp_path, **env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "Starting epoch" in line or "Resuming from" in line:
+            break
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    process.stdout.close()
+    return process.returncode
+
+
+def test_sigkill_at_random_moments_resumes_bit_identical(synthetic_config, tmp_path):
+    config = synthetic_config(n=240, epochs=4, every_steps=3)
+    reference = tmp_path / "reference"
+    done = run_cli(train_args(config, reference), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    chaos = tmp_path / "chaos"
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(KILLS):
+        # Every third attempt dies inside a checkpoint write (after the data files, before the manifest).
+        env = {"TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE": str(rng.randint(1, 3))} if attempt % 3 == 2 else {}
+        code = kill_after_start(train_args(config, chaos), tmp_path, rng.uniform(0.2, 2.5), **env)
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL
+        kills += 1
+    assert kills >= 10, f"only {kills} kills happened; the run finished too quickly"
+    finished = run_cli(train_args(config, chaos), tmp_path)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert_identical(final_model(reference), final_model(chaos))
+    assert history(reference) and [r.split('"val_loss"')[0] for r in history(reference)] == [
+        r.split('"val_loss"')[0] for r in history(chaos)
+    ]
+
+
+def test_sigterm_stops_with_resumable_exit_code_and_resume_is_exact(synthetic_config, tmp_path):
+    config = synthetic_config(n=240, epochs=3)
+    reference = tmp_path / "reference"
+    assert run_cli(train_args(config, reference), tmp_path).returncode == 0
+
+    stopped = tmp_path / "stopped"
+    process = start_cli(train_args(config, stopped), tmp_path)
+    for line in process.stdout:
+        if "Starting epoch 2" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    output = process.stdout.read()
+    assert process.wait() == EXIT_RESUMABLE, output
+    assert "Stop requested (SIGTERM)" in output
+    resumed = run_cli(["resume", str(stopped)], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Checkpoint loaded from epoch 1" in resumed.stdout
+    assert "Resuming from epoch 2, step" in resumed.stdout
+    assert_identical(final_model(reference), final_model(stopped))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_older_one(synthetic_config, tmp_path):
+    config = synthetic_config(n=160, epochs=3)
+    reference = tmp_path / "reference"
+    assert run_cli(train_args(config, reference), tmp_path).returncode == 0
+
+    run = tmp_path / "run"
+    code = kill_after_start(train_args(config, run), tmp_path, 60.0, TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE="4")
+    assert code == -signal.SIGKILL  # died writing epoch 3 (best/latest writes count too)
+    checkpoints = sorted((run / "checkpoints").glob("checkpoint_epoch_*"))
+    newest = checkpoints[-1]
+    data = newest / "tensors.safetensors"
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # flip one byte in the middle of the tensors
+    data.write_bytes(bytes(blob))
+
+    resumed = run_cli(train_args(config, run), tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert list((run / "checkpoints").glob(f"{newest.name}.corrupt-*")), "bad checkpoint must be kept aside"
+    assert_identical(final_model(reference), final_model(run))
