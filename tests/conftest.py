@@ -63,23 +63,36 @@ def synthetic_config(tmp_path: Path):
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     # One thread per process: several training processes share two cores in these tests.
-    env = {**os.environ, "TOPOCLASS_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "TOPOCLASS_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE", None)
     env.update(extra)
     return env
 
 
-def run_cli(args: list[str], tmp_path: Path, *, input: str | None = None, **env: str) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], tmp_path: Path, *, input: str | None = None, **env: str
+) -> subprocess.CompletedProcess:
     """Run ``topoclass ARGS`` in a fresh interpreter, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "topoclass.cli", *args],
-        capture_output=True, text=True, input=input, env=cli_env(tmp_path, **env), timeout=600,
+        capture_output=True,
+        text=True,
+        input=input,
+        env=cli_env(tmp_path, **env),
+        timeout=600,
     )
 
 
 def start_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "topoclass.cli", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(tmp_path, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(tmp_path, **env),
     )

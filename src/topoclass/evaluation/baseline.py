@@ -81,7 +81,8 @@ def fit_and_evaluate_baseline(
         model.fit(
             x[train],
             labels[train, column],
-            eval_X=x[val], eval_y=labels[val, column],
+            eval_X=x[val],
+            eval_y=labels[val, column],
             callbacks=[lgb.early_stopping(100, verbose=False)],
         )
         target = x[rows[eval_split]]

@@ -30,7 +30,10 @@ class MultitaskModel(nn.Module):
         self.task_names = [task.name for task in tasks]
         hidden = config.hidden_dim
         self.composition = CompositionEncoder(
-            config.element_embedding_dim, hidden, config.composition_heads, config.dropout,
+            config.element_embedding_dim,
+            hidden,
+            config.composition_heads,
+            config.dropout,
             num_descriptors=NUM_DESCRIPTORS,
         )
         self.symmetry = SymmetryEncoder(config.spacegroup_embedding_dim, hidden, config.dropout)

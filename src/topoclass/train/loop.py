@@ -49,7 +49,7 @@ class TrainerState:
     # Running sums of the epoch in progress, so a resumed epoch reports the same mean loss.
     epoch_loss_sum: float = 0.0
     epoch_samples: int = 0
-    finished: bool = False
+    early_stopped: bool = False
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,7 +179,7 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train until the last epoch, early stopping, or a stop request."""
         epochs = self.config.train.epochs
-        while self.state.completed_epochs < epochs and not self.state.finished:
+        while self.state.completed_epochs < epochs and not self.state.early_stopped:
             epoch = self.state.completed_epochs + 1
             self.sampler.set_epoch(epoch)
             if self.sampler.position == 0:
@@ -187,20 +187,18 @@ class Trainer:
             if not self._train_epoch(epoch):
                 return FitResult("stopped", self.state)
             improved = self._end_epoch(epoch)
-            self.state.finished = (
-                self.state.epochs_without_improvement >= self.config.train.patience or epoch == epochs
-            )
+            self.state.early_stopped = self.state.epochs_without_improvement >= self.config.train.patience
+            last = self.state.early_stopped or epoch == epochs
             tag = CheckpointTag(epoch, None)
-            if self.checkpoints.due_end_of_epoch(epoch) or self.state.finished or self.stop.requested:
+            if self.checkpoints.due_end_of_epoch(epoch) or last or self.stop.requested:
                 self._save(tag, is_best=improved)
             elif improved:
                 self._save(tag, best_only=True)
-            if self.stop.requested and not self.state.finished:
+            if self.stop.requested and not last:
                 return FitResult("stopped", self.state)
-        stopped_early = self.state.completed_epochs < epochs
-        if stopped_early:
+        if self.state.early_stopped:
             logger.info("Early stopping: no val-loss improvement for %d epochs", self.config.train.patience)
-        return FitResult("early_stopped" if stopped_early else "finished", self.state)
+        return FitResult("early_stopped" if self.state.early_stopped else "finished", self.state)
 
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches; False if a stop request interrupted it."""

@@ -190,7 +190,7 @@ def _train_locked(config: Config, paths: RunPaths, checkpoint: LoadedCheckpoint 
                 logger.info(
                     "Resuming from epoch %d, step %d", trainer.sampler.epoch, trainer.sampler.position
                 )
-            elif state.finished:
+            elif state.early_stopped or state.completed_epochs >= config.train.epochs:
                 logger.info("This run had already finished; nothing to train")
             else:
                 logger.info("Resuming from epoch %d", state.completed_epochs + 1)
