@@ -73,7 +73,7 @@ def clean_materials(
 
     valid: list[Material] = []
     for material in materials:
-        problem = _record_problem(material, tasks)
+        problem = record_problem(material, tasks)
         if problem is None:
             valid.append(material)
         else:
@@ -100,7 +100,7 @@ def clean_materials(
     return CleanResult(materials=kept, rejects=rejects, counts=counts, tasks=tasks)
 
 
-def _record_problem(material: Material, tasks: Sequence[TaskConfig]) -> Reject | None:
+def record_problem(material: Material, tasks: Sequence[TaskConfig]) -> Reject | None:
     """The first problem with a record's formula or space group, as a reject."""
 
     def reject(category: str, reason: str) -> Reject:

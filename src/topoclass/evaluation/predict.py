@@ -13,11 +13,12 @@ import torch
 
 from topoclass.checkpoint.manager import CheckpointManager
 from topoclass.config import Config, TaskConfig, load_config
+from topoclass.data.clean import record_problem
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import Material
 from topoclass.data.tables import read_table
 from topoclass.errors import ConfigError, DataError
-from topoclass.features.composition import composition_descriptors, encode_compositions, parse_composition
+from topoclass.features.composition import composition_descriptors, encode_compositions
 from topoclass.model.inference import raw_outputs, to_probabilities
 from topoclass.model.multitask import MultitaskModel
 from topoclass.train.device import select_device
@@ -59,13 +60,8 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
 
 
 def _problem(material: Material) -> str | None:
-    if material.spacegroup is None or not 1 <= material.spacegroup <= 230:
-        return f"space group must be an integer in 1..230, got {material.spacegroup}"
-    try:
-        parse_composition(material.formula)
-    except (ValueError, KeyError) as exc:
-        return f"unparsable formula '{material.formula}' ({exc})"
-    return None
+    reject = record_problem(material, [])
+    return reject.reason if reject is not None else None
 
 
 def table_materials(path: Path) -> list[Material]:

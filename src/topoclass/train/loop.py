@@ -91,6 +91,7 @@ class Trainer:
         self.run_dir, self.checkpoints, self.stop = run_dir, checkpoints, stop
         self.code_revision = code_revision
         self.resumed_from: str | None = None
+        self.checkpoint_seconds = 0.0  # wall time spent writing checkpoints in this process
         self.device = select_device(train.device)
         logger.info("Using device: %s", self.device)
         seed_everything(train.seed, deterministic=train.deterministic)
@@ -155,6 +156,7 @@ class Trainer:
         self.resumed_from = str(checkpoint.path)
 
     def _save(self, tag: CheckpointTag, *, is_best: bool = False, best_only: bool = False) -> None:
+        started = time.perf_counter()
         state = {name: component.state_dict() for name, component in self.stateful().items()}
         state["split"] = dict(self.split)
         metadata = {
@@ -173,11 +175,25 @@ class Trainer:
             self.checkpoints.save_best(tag, state, metadata=metadata)
         else:
             self.checkpoints.save(tag, state, metadata=metadata, is_best=is_best)
+        self.checkpoint_seconds += time.perf_counter() - started
 
     # -- training -----------------------------------------------------------------------------------
 
     def fit(self) -> FitResult:
         """Train until the last epoch, early stopping, or a stop request."""
+        started = time.perf_counter()
+        try:
+            return self._fit()
+        finally:
+            elapsed = time.perf_counter() - started
+            logger.info(
+                "Checkpointing took %.2f s of %.1f s training (%.2f%%)",
+                self.checkpoint_seconds,
+                elapsed,
+                100 * self.checkpoint_seconds / max(elapsed, 1e-9),
+            )
+
+    def _fit(self) -> FitResult:
         epochs = self.config.train.epochs
         while self.state.completed_epochs < epochs and not self.state.early_stopped:
             epoch = self.state.completed_epochs + 1

@@ -28,7 +28,7 @@ from topoclass.data.records import Material
 from topoclass.data.split import load_split, save_split, split_materials
 from topoclass.errors import ConfigError
 from topoclass.train.loop import Trainer
-from topoclass.train.resume import ask_to_resume, check_config_drift, resolve_resume_mode
+from topoclass.train.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.train.signals import EXIT_RESUMABLE, install_stop_handlers
 
 logger = logging.getLogger(__name__)
@@ -111,13 +111,14 @@ def prepare_data(config: Config) -> PreparedDataset:
     return data
 
 
-def _choose_checkpoint(manager: CheckpointManager, mode: str, paths: RunPaths) -> LoadedCheckpoint | None:
-    if mode not in ("auto", "ask", "never"):
-        return manager.load(Path(mode))
-    latest = manager.find_latest() if mode != "never" else None
-    if latest is None:
+def _choose_checkpoint(manager: CheckpointManager, mode: str) -> LoadedCheckpoint | None:
+    """The checkpoint to resume from, per the resume mode; None to start fresh."""
+    if mode == "never":
         return None
-    if mode == "ask" and not ask_to_resume(latest.path):
+    if mode not in ("auto", "ask"):
+        return manager.load(Path(mode))
+    latest = manager.find_latest()
+    if latest is not None and mode == "ask" and not ask_to_resume(latest.path):
         return None
     return latest
 
@@ -125,7 +126,12 @@ def _choose_checkpoint(manager: CheckpointManager, mode: str, paths: RunPaths) -
 def _set_aside(paths: RunPaths) -> None:
     """Move an earlier run out of the way instead of overwriting it."""
     if paths.root.exists() and any(paths.root.iterdir()):
-        aside = paths.root.with_name(f"{paths.root.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = paths.root.with_name(f"{paths.root.name}.prev-{stamp}")
+        suffix = 1
+        while aside.exists():
+            suffix += 1
+            aside = paths.root.with_name(f"{paths.root.name}.prev-{stamp}-{suffix}")
         shutil.move(str(paths.root), aside)
         logger.warning("Previous run moved to %s", aside)
 
@@ -134,26 +140,28 @@ def run_training(config: Config) -> int:
     """Train (or resume) the run a config describes; returns the process exit code."""
     paths = RunPaths.for_config(config)
     mode = resolve_resume_mode(config.checkpoint.resume)
+    started = time.perf_counter()
     checkpoint = None
-    if paths.checkpoints.exists() and mode != "never":
+    if paths.checkpoints.is_dir():
+        # Look, and set aside damaged checkpoints, only while owning the directory.
         with CheckpointLock(paths.checkpoints):
-            checkpoint = _choose_checkpoint(CheckpointManager(paths.checkpoints), mode, paths)
+            checkpoint = _choose_checkpoint(CheckpointManager(paths.checkpoints), mode)
+    elif mode not in RESUME_MODES:
+        raise ConfigError(f"--resume {mode}: no checkpoint found there")
     if checkpoint is None:
-        if mode != "never" and mode not in ("auto", "ask"):
-            raise ConfigError(f"--resume {mode}: no checkpoint there")
         logger.info("No checkpoint found, starting fresh training")
         _set_aside(paths)
     else:
-        changed = check_config_drift(checkpoint.metadata["config"], config.to_dict())
-        for key in changed:
+        for key in check_config_drift(checkpoint.metadata["config"], config.to_dict()):
             logger.warning("Config changed since the checkpoint: %s (applied)", key)
-    paths.root.mkdir(parents=True, exist_ok=True)
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     with CheckpointLock(paths.checkpoints):
-        return _train_locked(config, paths, checkpoint)
+        return _train_locked(config, paths, checkpoint, time.perf_counter() - started)
 
 
-def _train_locked(config: Config, paths: RunPaths, checkpoint: LoadedCheckpoint | None) -> int:
+def _train_locked(
+    config: Config, paths: RunPaths, checkpoint: LoadedCheckpoint | None, find_seconds: float
+) -> int:
     write_status(paths, "preparing")
     save_config(config, paths.config)
     data = prepare_data(config)
@@ -179,6 +187,7 @@ def _train_locked(config: Config, paths: RunPaths, checkpoint: LoadedCheckpoint 
             code_revision=code_revision(),
         )
         if checkpoint is not None:
+            restore_started = time.perf_counter()
             trainer.restore(checkpoint)
             state = trainer.state
             logger.info(
@@ -186,6 +195,8 @@ def _train_locked(config: Config, paths: RunPaths, checkpoint: LoadedCheckpoint 
                 state.completed_epochs,
                 state.best_val_loss,
             )
+            resume_seconds = find_seconds + time.perf_counter() - restore_started
+            logger.info("Resume (find, verify, load, restore) took %.2f s", resume_seconds)
             if trainer.sampler.position and trainer.sampler.epoch == state.completed_epochs + 1:
                 logger.info(
                     "Resuming from epoch %d, step %d", trainer.sampler.epoch, trainer.sampler.position

@@ -1,0 +1,76 @@
+"""A missing structure is masked out of fusion, never treated as a real (zero) structure."""
+
+from __future__ import annotations
+
+import torch
+from pymatgen.core import Lattice, Structure
+
+from topoclass.config import GraphConfig, ModelConfig, TaskConfig
+from topoclass.data.featureset import FeatureSet
+from topoclass.data.records import StructureRef
+from topoclass.features.composition import composition_descriptors, encode_compositions
+from topoclass.features.structure_pipeline import featurize_structures
+from topoclass.model.multitask import MultitaskModel
+
+TASKS = [TaskConfig(name="topo_class", classes=["trivial", "TI", "SM"])]
+GRAPH = GraphConfig(cutoff=5.0, max_neighbors=8, num_rbf=8, spectral_k=4)
+
+
+def _features() -> FeatureSet:
+    rocksalt = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    diamond = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
+    refs = [StructureRef(text=s.to_json(), format="json") for s in (rocksalt, diamond)]
+    structures = featurize_structures(refs, GRAPH, workers=1, progress=False)
+    assert structures.reason == [None, None]
+    formulas = ["Bi2Se3", "NaCl", "Si"]  # the first one has no structure
+    index, fraction = encode_compositions(formulas)
+    return FeatureSet(
+        ids=["formula-only", "nacl", "si"],
+        formulas=formulas,
+        tasks=TASKS,
+        element_index=torch.from_numpy(index),
+        element_fraction=torch.from_numpy(fraction),
+        descriptors=torch.from_numpy(composition_descriptors(formulas)),
+        spacegroup=torch.tensor([166, 225, 227]),
+        labels=torch.zeros(3, 1),
+        graph_index=torch.tensor([-1, int(structures.graph_index[0]), int(structures.graph_index[1])]),
+        graphs=structures.store,
+    )
+
+
+def _model() -> MultitaskModel:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        hidden_dim=16, element_embedding_dim=8, spacegroup_embedding_dim=8, composition_heads=2
+    )
+    return MultitaskModel(config, TASKS, use_structure=True, graph=GRAPH).eval()
+
+
+def test_formula_only_prediction_unchanged_by_structured_batch_mates():
+    features, model = _features(), _model()
+    alone = model(features.batch(torch.tensor([0]), with_graphs=True))["topo_class"]
+    mixed = model(features.batch(torch.tensor([1, 0, 2]), with_graphs=True))["topo_class"]
+    assert torch.allclose(alone[0], mixed[1], atol=1e-6)
+
+
+def test_structure_changes_the_prediction_when_present():
+    features, model = _features(), _model()
+    with_graph = model(features.batch(torch.tensor([1]), with_graphs=True))["topo_class"]
+    without = model(features.batch(torch.tensor([1]), with_graphs=False))["topo_class"]
+    assert not torch.allclose(with_graph, without, atol=1e-4)
+
+
+def test_missing_structure_is_not_a_zero_structure():
+    """Masking differs from feeding a zero embedding as if it were a real structure."""
+    features, model = _features(), _model()
+    batch = features.batch(torch.tensor([0]), with_graphs=True)
+    masked = model(batch)["topo_class"]
+    original = model.structure.forward
+    model.structure.forward = lambda graph: torch.zeros(graph.num_graphs, 16)
+    fake = features.batch(torch.tensor([1]), with_graphs=True)
+    fake.update({k: batch[k] for k in ("element_index", "element_fraction", "descriptors", "spacegroup")})
+    zero_filled = model(fake)["topo_class"]
+    model.structure.forward = original
+    assert not torch.allclose(masked, zero_filled, atol=1e-4)
