@@ -135,7 +135,8 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
     if args.action == "inspect":
         print(json.dumps(catalog.inspect_checkpoint(args.path), indent=2, default=str))
         return 0
-    catalog.export_weights(args.path, args.output)
+    has_average = "averaged_model" in catalog.inspect_checkpoint(args.path).get("state_keys", [])
+    catalog.export_weights(args.path, args.output, key="averaged_model" if has_average else "model")
     print(f"Model weights written to {args.output}")
     return 0
 

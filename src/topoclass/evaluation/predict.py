@@ -21,6 +21,7 @@ from topoclass.errors import ConfigError, DataError
 from topoclass.features.composition import composition_descriptors, encode_compositions
 from topoclass.model.inference import raw_outputs, to_probabilities
 from topoclass.model.multitask import MultitaskModel
+from topoclass.train.averaging import inference_weights
 from topoclass.train.device import select_device
 from topoclass.train.loop import build_model
 from topoclass.train.run import RunPaths
@@ -54,7 +55,7 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
         raise ConfigError(f"{run_dir}: no verified checkpoint to load")
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
     model = build_model(config, tasks)
-    model.load_state_dict(loaded.state["model"])
+    model.load_state_dict(inference_weights(loaded.state))
     target = select_device(device)
     return TrainedRun(config, tasks, model.to(target).eval(), paths, loaded.path, target)
 

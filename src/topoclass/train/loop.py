@@ -28,6 +28,7 @@ from topoclass.data.loader import ResumableBatchSampler
 from topoclass.evaluation.metrics import evaluate_tasks
 from topoclass.model.inference import move_batch, raw_outputs, to_probabilities
 from topoclass.model.multitask import MultitaskModel
+from topoclass.train.averaging import WeightAverage
 from topoclass.train.device import seed_everything, select_device
 from topoclass.train.loss import MultitaskLoss, class_weights
 from topoclass.train.schedule import LearningRateSchedule
@@ -115,6 +116,8 @@ class Trainer:
         self.loss = MultitaskLoss(
             features.tasks, focal_gamma=train.focal_gamma, weights=self._class_weights()
         )
+        # Evaluation uses an exponential moving average of the weights: smoother than the last step.
+        self.averaged = WeightAverage(self.model, train.ema_decay) if train.ema_decay else None
         self.rng = RNGState()
         self.state = TrainerState()
         self.with_graphs = config.data.use_structure
@@ -132,6 +135,11 @@ class Trainer:
                 weights[task.name] = class_weights(labels[:, column], len(task.classes or [])).to(self.device)
         return weights
 
+    @property
+    def evaluated_model(self) -> MultitaskModel:
+        """The weights that are validated and kept as best: the averaged ones when averaging is on."""
+        return self.averaged.model if self.averaged is not None else self.model
+
     # -- state protocol ---------------------------------------------------------------------------
 
     def stateful(self) -> dict[str, Any]:
@@ -140,6 +148,7 @@ class Trainer:
             "optimizer": self.optimizer,
             "schedule": self.schedule,
             "scaler": self.scaler,
+            **({"averaged_model": self.averaged} if self.averaged is not None else {}),
             "sampler": self.sampler,
             "trainer": self.state,
             "rng": self.rng,
@@ -262,6 +271,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.averaged is not None:
+            self.averaged.update(self.model, self.state.global_step)
         return float(loss.detach())
 
     def _end_epoch(self, epoch: int) -> bool:
@@ -298,7 +309,7 @@ class Trainer:
     def validate(self, split_name: str) -> tuple[float, dict[str, dict[str, Any]]]:
         """Mean loss and per-task metrics on a split."""
         rows = self.split[split_name]
-        outputs = raw_outputs(self.model, self.features, rows, batch_size=1024, device=self.device)
+        outputs = raw_outputs(self.evaluated_model, self.features, rows, batch_size=1024, device=self.device)
         labels = self.features.labels[rows]
         loss, _ = self.loss(outputs, labels)
         metrics = evaluate_tasks(self.features.tasks, labels.numpy(), to_probabilities(outputs))
