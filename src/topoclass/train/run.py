@@ -159,6 +159,23 @@ def run_training(config: Config) -> int:
         return _train_locked(config, paths, checkpoint, time.perf_counter() - started)
 
 
+def _announce_resume(trainer: Trainer, seconds: float) -> None:
+    """Say where a restored run stands and where it continues."""
+    state, sampler = trainer.state, trainer.sampler
+    logger.info(
+        "Checkpoint loaded from epoch %d with best val loss: %.4f",
+        state.completed_epochs,
+        state.best_val_loss,
+    )
+    logger.info("Resume (find, verify, load, restore) took %.2f s", seconds)
+    if state.early_stopped or state.completed_epochs >= trainer.config.train.epochs:
+        logger.info("This run had already finished; nothing to train")
+    elif sampler.position and sampler.epoch == state.completed_epochs + 1:
+        logger.info("Resuming from epoch %d, step %d", sampler.epoch, sampler.position)
+    else:
+        logger.info("Resuming from epoch %d", state.completed_epochs + 1)
+
+
 def _train_locked(
     config: Config, paths: RunPaths, checkpoint: LoadedCheckpoint | None, find_seconds: float
 ) -> int:
@@ -189,22 +206,7 @@ def _train_locked(
         if checkpoint is not None:
             restore_started = time.perf_counter()
             trainer.restore(checkpoint)
-            state = trainer.state
-            logger.info(
-                "Checkpoint loaded from epoch %d with best val loss: %.4f",
-                state.completed_epochs,
-                state.best_val_loss,
-            )
-            resume_seconds = find_seconds + time.perf_counter() - restore_started
-            logger.info("Resume (find, verify, load, restore) took %.2f s", resume_seconds)
-            if trainer.sampler.position and trainer.sampler.epoch == state.completed_epochs + 1:
-                logger.info(
-                    "Resuming from epoch %d, step %d", trainer.sampler.epoch, trainer.sampler.position
-                )
-            elif state.early_stopped or state.completed_epochs >= config.train.epochs:
-                logger.info("This run had already finished; nothing to train")
-            else:
-                logger.info("Resuming from epoch %d", state.completed_epochs + 1)
+            _announce_resume(trainer, find_seconds + time.perf_counter() - restore_started)
         write_status(paths, "running")
         result = trainer.fit()
     if result.outcome == "stopped":

@@ -1,0 +1,65 @@
+"""What does each modality add? Composition + symmetry model, full multimodal model and the
+gradient-boosting baseline, side by side on one split of a structure dataset.
+
+Both neural runs and the baseline use the same formula-grouped split (same dataset,
+same split seed), so the table compares like with like.
+
+Usage: ``python benchmarks/compare_models.py [--data-dir DIR] [--dataset tqc2020] [--epochs 30]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from topoclass.evaluation.report import format_results_table
+
+
+def topoclass(args: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "topoclass.cli", "-q", *args], env=env, check=False)
+    if result.returncode != 0:
+        sys.exit(f"topoclass {' '.join(args)} failed with exit code {result.returncode}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("TOPOCLASS_DATA_DIR"))
+    parser.add_argument("--dataset", default="tqc2020")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    args = parser.parse_args()
+    if not args.data_dir:
+        sys.exit("give --data-dir or set TOPOCLASS_DATA_DIR")
+    env = {**os.environ, "TOPOCLASS_DATA_DIR": str(Path(args.data_dir).resolve())}
+    common = [
+        "--dataset",
+        args.dataset,
+        "--epochs",
+        str(args.epochs),
+        "--resume",
+        "never",
+        "--set",
+        "train.progress_bar=false",
+    ]
+    results = {}
+    for name, extra in (("composition+symmetry", []), ("multimodal (+structure)", ["--use-structure"])):
+        run = args.out / f"{args.dataset}-{'structure' if extra else 'composition'}"
+        seconds = topoclass(["train", *common, *extra, "--run-dir", str(run)], env)
+        print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
+        topoclass(["evaluate", str(run), *([] if extra else ["--no-baseline"])], env)
+        metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+        results[name] = metrics["neural"]
+        if "baseline" in metrics:
+            results["gradient boosting"] = metrics["baseline"]
+    print(format_results_table(results))
+
+
+if __name__ == "__main__":
+    main()
