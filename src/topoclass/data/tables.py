@@ -91,20 +91,25 @@ def read_table(
     return materials, rejects
 
 
+def read_data_text(path: Path, *, missing_hint: str = "") -> str:
+    """A data file's text; a missing or unreadable file is a DataError naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"file not found{f' ({missing_hint})' if missing_hint else ''}", file=path) from None
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text", file=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc.strerror})", file=path) from None
+
+
 def _parse_file(path: Path) -> tuple[set[str], list[Row]]:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
             f"unsupported table format '{suffix}' (use one of {', '.join(SUPPORTED_SUFFIXES)})", file=path
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError("file not found", file=path) from None
-    except UnicodeDecodeError:
-        raise DataError("not UTF-8 text", file=path) from None
-    except OSError as exc:
-        raise DataError(f"cannot read file ({exc.strerror})", file=path) from None
+    text = read_data_text(path)
     if suffix in JSON_LINES_SUFFIXES:
         return _parse_json_lines(path, text)
     delimiter = DELIMITED_SUFFIXES.get(suffix) or _sniff_delimiter(path, text)

@@ -13,7 +13,7 @@ from pathlib import Path
 from topoclass.config import TaskConfig
 from topoclass.data.records import Material, Reject
 from topoclass.data.registry import RawDataset
-from topoclass.errors import DataError
+from topoclass.data.tables import read_data_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,7 @@ def load_tang2019(data_dir: str | Path) -> RawDataset:
     rejects: list[Reject] = []
     for file_name, topo_class in FILES.items():
         path = folder / file_name
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError("file not found (the Tang 2019 dataset has four files)", file=path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot read file ({exc})", file=path) from None
+        text = read_data_text(path, missing_hint="the Tang 2019 dataset has four files")
         labels = {
             BINARY_TASK: "trivial" if topo_class == "trivial" else "topological",
             CLASS_TASK: topo_class,

@@ -18,6 +18,7 @@ from pathlib import Path
 from topoclass.config import DataConfig, TaskConfig
 from topoclass.data.records import Material, Reject, StructureRef
 from topoclass.data.registry import RawDataset
+from topoclass.data.tables import read_data_text
 from topoclass.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -45,12 +46,7 @@ def load_tqc2020(data_dir: str | Path, data: DataConfig | None = None) -> RawDat
     folder = Path(data_dir) / NAME
     labels_path = folder / LABELS_FILE
     structures = folder / STRUCTURES_DIR
-    try:
-        text = labels_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("file not found (the tqc2020 dataset needs labels.csv)", file=labels_path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read file ({exc})", file=labels_path) from None
+    text = read_data_text(labels_path, missing_hint="the tqc2020 dataset needs labels.csv")
     try:
         available = set(os.listdir(structures))
     except OSError:
