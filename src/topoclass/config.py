@@ -113,14 +113,14 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     scheduler: Literal["plateau", "cosine", "none"] = "cosine"
     warmup_epochs: int = Field(2, ge=0)
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables")
-    patience: int = Field(15, ge=1, description="epochs without val-loss improvement before stopping")
+    patience: int = Field(10, ge=1, description="epochs without val-loss improvement before stopping")
     focal_gamma: float = Field(2.0, ge=0)
     ema_decay: float = Field(0.995, ge=0, lt=1, description="weight averaging for evaluation; 0 disables")
     seed: int = 0

@@ -61,19 +61,32 @@ def kill_after_start(args: list[str], tmp_path: Path, delay: float, **env: str) 
     return process.returncode
 
 
+def timed_training(args: list[str], tmp_path: Path) -> float:
+    """Run training to the end; seconds from its first epoch to its exit (the part kills aim at)."""
+    process = start_cli(args, tmp_path)
+    assert process.stdout is not None
+    started = None
+    for line in process.stdout:
+        if started is None and "Starting epoch" in line:
+            started = time.monotonic()
+    assert process.wait() == 0 and started is not None
+    return time.monotonic() - started
+
+
 def test_sigkill_at_random_moments_resumes_bit_identical(synthetic_config, tmp_path):
-    config = synthetic_config(n=240, epochs=4, every_steps=3)
+    config = synthetic_config(n=600, epochs=4, every_steps=3)
     reference = tmp_path / "reference"
-    done = run_cli(train_args(config, reference), tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    duration = timed_training(train_args(config, reference), tmp_path)
 
     chaos = tmp_path / "chaos"
     rng = random.Random(1234)
     kills = 0
     for attempt in range(KILLS):
-        # Every third attempt dies inside a checkpoint write (after the data files, before the manifest).
+        # Every third attempt dies inside a checkpoint write (after the data files, before the manifest);
+        # the others at a random moment of training, validation or checkpointing. Delays are a small
+        # fraction of the whole run, so each attempt gets only part of the way.
         env = {"TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE": str(rng.randint(1, 3))} if attempt % 3 == 2 else {}
-        code = kill_after_start(train_args(config, chaos), tmp_path, rng.uniform(0.2, 2.5), **env)
+        code = kill_after_start(train_args(config, chaos), tmp_path, rng.uniform(0.02, 0.1) * duration, **env)
         if code == 0:
             break
         assert code == -signal.SIGKILL
@@ -81,6 +94,7 @@ def test_sigkill_at_random_moments_resumes_bit_identical(synthetic_config, tmp_p
     assert kills >= 10, f"only {kills} kills happened; the run finished too quickly"
     finished = run_cli(train_args(config, chaos), tmp_path)
     assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "Checkpoint loaded from epoch" in finished.stdout
     assert_identical(final_model(reference), final_model(chaos))
     assert history(reference) and [r.split('"val_loss"')[0] for r in history(reference)] == [
         r.split('"val_loss"')[0] for r in history(chaos)

@@ -61,9 +61,7 @@ class MultitaskModel(nn.Module):
             num_layers=config.fusion_layers,
             enable_nested_tensor=False,
         )
-        # Composition and symmetry are always present, so the readout sees them side by side
-        # (their interaction is the physics) next to the masked mean over every present modality.
-        self.readout = mlp(3 * hidden, hidden, hidden, config.dropout)
+        self.readout = mlp(hidden, hidden, hidden, config.dropout)
         self.heads = TaskHeads(tasks, hidden, config.dropout)
 
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -87,8 +85,7 @@ class MultitaskModel(nn.Module):
         mask = torch.stack(present, dim=1)
         fused = self.fusion(stacked, src_key_padding_mask=~mask)
         weights = mask.float() / mask.float().sum(dim=1, keepdim=True)
-        pooled = torch.einsum("bm,bmh->bh", weights, fused)
-        return self.readout(torch.cat([fused[:, 0], fused[:, 1], pooled], dim=-1))
+        return self.readout(torch.einsum("bm,bmh->bh", weights, fused))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Raw outputs per task: logits [B, C] or regression values [B]."""
