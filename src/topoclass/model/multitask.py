@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from topoclass.config import ModelConfig, TaskConfig
+from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.features.composition import NUM_DESCRIPTORS
 from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
 from topoclass.model.heads import TaskHeads
@@ -24,7 +24,12 @@ class MultitaskModel(nn.Module):
     """Predicts every task from composition, symmetry and (optionally) the crystal graph."""
 
     def __init__(
-        self, config: ModelConfig, tasks: list[TaskConfig], *, use_structure: bool, graph: Any = None
+        self,
+        config: ModelConfig,
+        tasks: list[TaskConfig],
+        *,
+        use_structure: bool,
+        graph: GraphConfig | None = None,
     ) -> None:
         super().__init__()
         self.task_names = [task.name for task in tasks]
@@ -39,6 +44,9 @@ class MultitaskModel(nn.Module):
         self.symmetry = SymmetryEncoder(config.spacegroup_embedding_dim, hidden, config.dropout)
         self.structure: nn.Module | None = None
         if use_structure:
+            if graph is None:
+                raise ValueError("a structure model needs the graph settings it was featurized with")
+            # Imported here: PyTorch Geometric is only needed (and only paid for) with structures.
             from topoclass.model.structure_encoder import StructureEncoder
 
             self.structure = StructureEncoder(
