@@ -10,7 +10,8 @@ In one run, with a fresh featurization cache in a temporary folder, it measures:
 - ``topoclass evaluate``: test-split metrics of the neural model beside the
   gradient-boosting baseline on the same split.
 
-Usage: ``python benchmarks/train_default.py [--data-dir DIR] [--dataset tang2019] [-- extra train args]``
+Usage: ``python benchmarks/train_default.py [--data-dir DIR] [--dataset tang2019] [--load-only]
+[-- extra train args]`` (``--dataset tqc2020 --load-only`` measures the structure cache).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("TOPOCLASS_DATA_DIR"))
     parser.add_argument("--dataset", default="tang2019")
+    parser.add_argument("--load-only", action="store_true", help="only compare first and cached data loading")
     parser.add_argument("extra", nargs="*", help="extra arguments for topoclass train")
     args = parser.parse_args()
     if not args.data_dir:

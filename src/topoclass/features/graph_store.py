@@ -10,13 +10,16 @@ anything but the requested slices.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch_geometric.data import Batch
 
 from topoclass.features.graph import CrystalGraph
 from topoclass.features.spectral import Spectrum
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Batch
 
 TENSOR_DTYPES: dict[str, torch.dtype] = {
     "atomic_numbers": torch.int64,
@@ -133,6 +136,9 @@ class GraphStore:
         node_gather, node_counts, node_offsets = _ranges(self.node_ptr, index)
         edge_gather, edge_counts, _ = _ranges(self.edge_ptr, index)
         shift = torch.repeat_interleave(node_offsets, edge_counts)
+        # Imported here: loading a cached store should not pay for importing PyTorch Geometric.
+        from torch_geometric.data import Batch
+
         batch = Batch(
             z=self.atomic_numbers[node_gather],
             edge_index=self.edge_index[:, edge_gather] + shift,
