@@ -122,6 +122,7 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables")
     patience: int = Field(10, ge=1, description="epochs without val-loss improvement before stopping")
     focal_gamma: float = Field(2.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="for cross-entropy tasks")
     ema_decay: float = Field(0.995, ge=0, lt=1, description="weight averaging for evaluation; 0 disables")
     seed: int = 0
     device: str = "auto"

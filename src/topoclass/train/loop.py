@@ -114,7 +114,10 @@ class Trainer:
             logger.warning("train.amp is ignored on %s: mixed precision needs CUDA", self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.loss = MultitaskLoss(
-            features.tasks, focal_gamma=train.focal_gamma, weights=self._class_weights()
+            features.tasks,
+            focal_gamma=train.focal_gamma,
+            weights=self._class_weights(),
+            label_smoothing=train.label_smoothing,
         )
         # Evaluation uses an exponential moving average of the weights: smoother than the last step.
         self.averaged = WeightAverage(self.model, train.ema_decay) if train.ema_decay else None

@@ -33,10 +33,16 @@ class MultitaskLoss:
     """Weighted sum of per-task losses over the labelled rows of each task."""
 
     def __init__(
-        self, tasks: list[TaskConfig], *, focal_gamma: float, weights: dict[str, torch.Tensor]
+        self,
+        tasks: list[TaskConfig],
+        *,
+        focal_gamma: float,
+        weights: dict[str, torch.Tensor],
+        label_smoothing: float = 0.0,
     ) -> None:
         self.tasks = tasks
         self.focal_gamma = focal_gamma
+        self.label_smoothing = label_smoothing
         self.class_weights = weights
 
     def __call__(
@@ -56,7 +62,9 @@ class MultitaskLoss:
                 if task.loss == "focal":
                     loss = focal_loss(out, target_class, self.focal_gamma, weight)
                 else:
-                    loss = F.cross_entropy(out, target_class, weight=weight)
+                    loss = F.cross_entropy(
+                        out, target_class, weight=weight, label_smoothing=self.label_smoothing
+                    )
             else:
                 loss = F.mse_loss(out, target[labelled])
             parts[task.name] = float(loss.detach())
