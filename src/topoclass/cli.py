@@ -149,7 +149,7 @@ def _checkpoint_dir(path: Path) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topoclass",
-        description="Multitask classifiers of topological materials, with training that never loses progress.",
+        description="Multitask classifiers of topological materials; training that never loses progress.",
     )
     parser.add_argument("--version", action="version", version=f"topoclass {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
