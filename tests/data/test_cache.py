@@ -1,4 +1,4 @@
-"""The featurization cache: hit on unchanged inputs, rebuilt when inputs or settings change or it is damaged."""
+"""The featurization cache: hit on unchanged inputs, rebuilt when inputs, settings or its files change."""
 
 from __future__ import annotations
 
