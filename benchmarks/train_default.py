@@ -65,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data_dir:
         sys.exit("give --data-dir or set TOPOCLASS_DATA_DIR")
-    with tempfile.TemporaryDirectory(dir=".") as scratch:
+    with tempfile.TemporaryDirectory(dir=".", prefix=".benchmark-") as scratch:
         env = {
             **os.environ,
             "TOPOCLASS_DATA_DIR": str(Path(args.data_dir).resolve()),
