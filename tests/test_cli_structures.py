@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import numpy as np
@@ -63,3 +64,12 @@ def test_train_on_a_table_of_cif_paths(tmp_path):
     # Formula and space group were derived from each structure.
     split = json.loads((run / "split.json").read_text())
     assert sum(len(split[name]) for name in ("train", "val", "test")) == 48
+    # Predict from structures alone: formula and space group come from each CIF.
+    new = tmp_path / "new.csv"
+    new.write_text("id,structure\na,cifs/s0.cif\nb,cifs/s1.cif\nbad,cifs/broken.cif\n")
+    predicted = run_cli(["predict", str(run), "--table", str(new)], tmp_path)
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    rows = list(csv.DictReader(io.StringIO(predicted.stdout)))  # progress and warnings go to stderr
+    assert [row["id"] for row in rows] == ["a", "b"]
+    assert rows[0]["spacegroup"] == "225" and rows[0]["formula"]
+    assert "new.csv:4" in predicted.stderr

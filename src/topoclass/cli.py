@@ -95,9 +95,9 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from topoclass.data.records import Material
     from topoclass.evaluation.predict import (
-        features_for_materials,
         load_run,
         predict,
+        prediction_features,
         rows_to_csv,
         table_materials,
     )
@@ -111,7 +111,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         ]
     else:
         raise TopoclassError("predict needs --formula and --spacegroup, or --table")
-    text = rows_to_csv(predict(run, features_for_materials(materials, run.tasks)))
+    text = rows_to_csv(predict(run, prediction_features(materials, run)))
     if args.output is not None:
         args.output.write_text(text)
         print(f"Predictions for {len(materials)} materials written to {args.output}")
@@ -206,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Progress goes to stdout, except for verbs whose stdout is data (predictions as CSV).
+    stream = sys.stderr if args.verb == "predict" else sys.stdout
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stdout
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=stream
     )
     try:
         return args.func(args)

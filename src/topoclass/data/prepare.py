@@ -11,17 +11,20 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from topoclass.config import DataConfig, TaskConfig
+from topoclass.config import DataConfig, GraphConfig, TaskConfig
 from topoclass.data.cache import fingerprint, read_entry, write_entry
 from topoclass.data.clean import clean_materials
 from topoclass.data.featureset import FeatureSet, encode_labels
 from topoclass.data.records import Material, Reject
 from topoclass.data.registry import RawDataset, load_dataset
 from topoclass.features.composition import composition_descriptors, encode_compositions
+
+if TYPE_CHECKING:
+    from topoclass.features.graph_store import GraphStore
 
 logger = logging.getLogger(__name__)
 
@@ -66,46 +69,48 @@ def _cache_key(raw: RawDataset, data: DataConfig) -> str:
     return fingerprint([settings, records, rejects])
 
 
-def _with_structure_facts(
-    raw: RawDataset, data: DataConfig, workers: int
-) -> tuple[list[Material], list[Reject], Any, list[int]]:
-    """Parse structures in parallel; fill formula/space group from them when the record lacks them."""
-    structured = [i for i, m in enumerate(raw.materials) if m.structure is not None]
+def attach_structures(
+    materials: list[Material], graph: GraphConfig, workers: int
+) -> tuple[list[Material], list[Reject], GraphStore | None, list[int]]:
+    """Featurize the materials' structures in parallel; fill formula/space group from them when missing.
+
+    Returns the materials that remain (a bad structure is a reject, not an error), the rejects,
+    the packed graphs and each remaining material's row in them (-1 without a structure).
+    """
+    structured = [i for i, m in enumerate(materials) if m.structure is not None]
     if not structured:
-        return list(raw.materials), [], None, [-1] * len(raw.materials)
+        return list(materials), [], None, [-1] * len(materials)
     from topoclass.features.structure_pipeline import featurize_structures
 
-    result = featurize_structures(
-        [raw.materials[i].structure for i in structured], data.graph, workers=workers
-    )
-    materials: list[Material] = []
+    result = featurize_structures([materials[i].structure for i in structured], graph, workers=workers)
+    position = dict(zip(structured, range(len(structured)), strict=True))
+    kept: list[Material] = []
     rejects: list[Reject] = []
     graph_rows: list[int] = []
-    position = dict(zip(structured, range(len(structured)), strict=True))
-    for i, material in enumerate(raw.materials):
-        if i not in position:
-            materials.append(material)
+    for i, material in enumerate(materials):
+        j = position.get(i)
+        if j is None:
+            kept.append(material)
             graph_rows.append(-1)
-            continue
-        j = position[i]
-        if result.reason[j] is not None:
+        elif result.reason[j] is not None:
             rejects.append(Reject(material.id, material.source, result.reason[j], "bad_structure"))
-            continue
-        materials.append(
-            dataclasses.replace(
-                material,
-                formula=material.formula or result.formula[j],
-                spacegroup=material.spacegroup if material.spacegroup is not None else result.spacegroup[j],
+        else:
+            spacegroup = material.spacegroup if material.spacegroup is not None else result.spacegroup[j]
+            kept.append(
+                dataclasses.replace(
+                    material, formula=material.formula or result.formula[j], spacegroup=spacegroup
+                )
             )
-        )
-        graph_rows.append(int(result.graph_index[j]))
-    return materials, rejects, result.store, graph_rows
+            graph_rows.append(int(result.graph_index[j]))
+    return kept, rejects, result.store, graph_rows
 
 
 def _featurize(
     raw: RawDataset, data: DataConfig
 ) -> tuple[FeatureSet, list[Reject], dict[str, int], list[int]]:
-    materials, structure_rejects, store, graph_rows = _with_structure_facts(raw, data, data.featurize_workers)
+    materials, structure_rejects, store, graph_rows = attach_structures(
+        raw.materials, data.graph, data.featurize_workers
+    )
     row_of = {id(m): r for m, r in zip(materials, graph_rows, strict=True)}
     cleaned = clean_materials(materials, raw.tasks, prior_rejects=[*raw.rejects, *structure_rejects])
     kept = cleaned.materials

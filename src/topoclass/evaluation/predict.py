@@ -15,6 +15,7 @@ from topoclass.checkpoint.manager import CheckpointManager
 from topoclass.config import Config, TaskConfig, load_config
 from topoclass.data.clean import record_problem
 from topoclass.data.featureset import FeatureSet
+from topoclass.data.prepare import attach_structures
 from topoclass.data.records import Material
 from topoclass.data.tables import read_table
 from topoclass.errors import ConfigError, DataError
@@ -66,40 +67,45 @@ def _problem(material: Material) -> str | None:
 
 
 def table_materials(path: Path) -> list[Material]:
-    """Materials of a prediction table; unusable rows are reported and skipped."""
+    """Materials of a prediction table (formula and space group, or a structure column)."""
     materials, rejects = read_table(path)
     for reject in rejects:
         logger.warning("%s: %s; skipped", reject.source, reject.reason)
+    return materials
+
+
+def prediction_features(materials: list[Material], run: TrainedRun) -> FeatureSet:
+    """Features of unlabelled materials; unusable ones are reported and skipped.
+
+    Structures, when given, are featurized with the run's graph settings and
+    also supply formula and space group where those are missing.
+    """
+    data = run.config.data
+    materials, rejects, store, graph_rows = attach_structures(materials, data.graph, data.featurize_workers)
+    for reject in rejects:
+        logger.warning("%s: %s; skipped", reject.source, reject.reason)
     usable = []
-    for material in materials:
+    for material, graph_row in zip(materials, graph_rows, strict=True):
         problem = _problem(material)
         if problem is None:
-            usable.append(material)
+            usable.append((material, graph_row))
         else:
             logger.warning("%s: %s; skipped", material.source, problem)
     if not usable:
-        raise DataError("no usable rows to predict", file=path)
-    return usable
-
-
-def features_for_materials(materials: list[Material], tasks: list[TaskConfig]) -> FeatureSet:
-    """Features of unlabelled materials given by formula and space group."""
-    for material in materials:
-        problem = _problem(material)
-        if problem is not None:
-            raise DataError(problem, file=material.source or None)
-    element_index, element_fraction = encode_compositions([m.formula for m in materials])
-    n = len(materials)
+        raise DataError("no usable materials to predict")
+    formulas = [m.formula for m, _ in usable]
+    element_index, element_fraction = encode_compositions(formulas)
     return FeatureSet(
-        ids=[m.id for m in materials],
-        formulas=[m.formula for m in materials],
-        tasks=tasks,
+        ids=[m.id for m, _ in usable],
+        formulas=formulas,
+        tasks=run.tasks,
         element_index=torch.from_numpy(element_index),
         element_fraction=torch.from_numpy(element_fraction),
-        descriptors=torch.from_numpy(composition_descriptors([m.formula for m in materials])),
-        spacegroup=torch.tensor([m.spacegroup for m in materials], dtype=torch.long),
-        labels=torch.full((n, len(tasks)), float("nan")),
-        graph_index=torch.full((n,), -1, dtype=torch.long),
+        descriptors=torch.from_numpy(composition_descriptors(formulas)),
+        spacegroup=torch.tensor([m.spacegroup for m, _ in usable], dtype=torch.long),
+        labels=torch.full((len(usable), len(run.tasks)), float("nan")),
+        graph_index=torch.tensor([row for _, row in usable], dtype=torch.long),
+        graphs=store,
     )
 
 
