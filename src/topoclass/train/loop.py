@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class Trainer:
         self.code_revision = code_revision
         self.resumed_from: str | None = None
         self.checkpoint_seconds = 0.0  # wall time spent writing checkpoints in this process
+        self.last_epoch_rate = 0.0  # training samples per second in the last epoch
         self.device = select_device(train.device)
         logger.info("Using device: %s", self.device)
         seed_everything(train.seed, deterministic=train.deterministic)
@@ -237,7 +239,8 @@ class Trainer:
             initial=self.sampler.position,
             desc=f"epoch {epoch}",
             unit="batch",
-            disable=not self.config.train.progress_bar,
+            # A bar redrawn into a batch job's log file is noise: only on a terminal.
+            disable=not (self.config.train.progress_bar and sys.stderr.isatty()),
             leave=False,
             dynamic_ncols=True,
         )
@@ -258,6 +261,7 @@ class Trainer:
             if self.sampler.position < total and self.checkpoints.due_mid_epoch(self.state.global_step):
                 self._save(CheckpointTag(epoch, self.state.global_step))
         bar.close()
+        self.last_epoch_rate = samples_seen / max(time.perf_counter() - started, 1e-9)
         return True
 
     def _train_step(self, rows: torch.Tensor) -> float:
@@ -305,7 +309,12 @@ class Trainer:
         self._write_metrics_file()
         summary = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
         logger.info(
-            "Epoch %d/%d: %s%s", epoch, self.config.train.epochs, summary, " (best)" if improved else ""
+            "Epoch %d/%d: %s, %.0f samples/s%s",
+            epoch,
+            self.config.train.epochs,
+            summary,
+            self.last_epoch_rate,
+            " (best)" if improved else "",
         )
         return improved
 
