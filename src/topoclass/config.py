@@ -129,6 +129,9 @@ class TrainConfig(_Section):
     deterministic: bool = True
     amp: bool = False
     progress_bar: bool = True
+    clear_caches_every_epochs: int = Field(
+        1, ge=0, description="empty in-memory feature caches (spectra) every N epochs; 0 never"
+    )
 
 
 class CheckpointConfig(_Section):

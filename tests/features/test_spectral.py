@@ -133,6 +133,19 @@ def test_cache_hits_return_the_stored_result_and_evict_oldest():
     assert len(cache) == 0
 
 
+def test_repeated_graphs_are_computed_once_and_match_the_uncached_result():
+    rng = np.random.default_rng(4)
+    distinct = [random_graph(rng, 6 + i, 24) for i in range(3)]
+    graphs = [distinct[0], distinct[1], distinct[0], distinct[2], distinct[0]]
+    cache = SpectralCache()
+    cached = laplacian_spectra(graphs, K, device="cpu", cache=cache)
+    assert (cache.misses, len(cache)) == (3, 3)
+    assert cached[0] is cached[2] is cached[4]
+    for got, expected in zip(cached, laplacian_spectra(graphs, K, device="cpu"), strict=True):
+        np.testing.assert_array_equal(got.eigenvalues, expected.eigenvalues)
+        np.testing.assert_array_equal(got.eigenvectors, expected.eigenvectors)
+
+
 def test_random_sign_flip_flips_whole_eigenvectors_per_graph():
     rng = np.random.default_rng(3)
     graphs = [random_graph(rng, n, 4 * n) for n in (6, 9)]

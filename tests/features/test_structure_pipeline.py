@@ -69,6 +69,17 @@ def test_pool_and_in_process_give_the_same_store(tmp_path):
         assert np.array_equal(tensor.numpy(), parallel.store.to_tensors()[name].numpy()), name
 
 
+def test_space_group_search_runs_only_where_asked(tmp_path):
+    refs, failures = mixed_refs(tmp_path)
+    search = [i % 2 == 0 for i in range(len(refs))]
+    features = featurize_structures(refs, GRAPH, find_spacegroup=search, workers=1, progress=False)
+    good = [i for i in range(len(refs)) if i not in failures]
+    assert [features.spacegroup[i] for i in good] == [221 if search[i] else None for i in good]
+    assert all(features.formula[i] == "NaCl" for i in good)
+    with pytest.raises(ValueError, match="find_spacegroup"):
+        featurize_structures(refs, GRAPH, find_spacegroup=search[:-1], workers=1, progress=False)
+
+
 def test_no_structures_gives_an_empty_store():
     features = featurize_structures([], GRAPH, workers=1, progress=False, device="cpu")
     assert len(features) == 0 and len(features.store) == 0 and features.store.spectral_k == GRAPH.spectral_k

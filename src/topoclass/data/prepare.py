@@ -74,6 +74,9 @@ def attach_structures(
 ) -> tuple[list[Material], list[Reject], GraphStore | None, list[int]]:
     """Featurize the materials' structures in parallel; fill formula/space group from them when missing.
 
+    A space group the data already gives is kept and not searched for again (the search is
+    most of the featurization time).
+
     Returns the materials that remain (a bad structure is a reject, not an error), the rejects,
     the packed graphs and each remaining material's row in them (-1 without a structure).
     """
@@ -82,7 +85,12 @@ def attach_structures(
         return list(materials), [], None, [-1] * len(materials)
     from topoclass.features.structure_pipeline import featurize_structures
 
-    result = featurize_structures([materials[i].structure for i in structured], graph, workers=workers)
+    result = featurize_structures(
+        [materials[i].structure for i in structured],
+        graph,
+        find_spacegroup=[materials[i].spacegroup is None for i in structured],
+        workers=workers,
+    )
     position = dict(zip(structured, range(len(structured)), strict=True))
     kept: list[Material] = []
     rejects: list[Reject] = []

@@ -210,8 +210,8 @@ def check_structure(
     return None
 
 
-def derive_formula_and_spacegroup(structure: Structure, symprec: float) -> tuple[str, int]:
-    """Reduced formula and spglib space-group number; :class:`DataError` when spglib finds none.
+def spglib_spacegroup(structure: Structure, symprec: float) -> int:
+    """The spglib space-group number; :class:`DataError` when spglib finds none.
 
     ``symprec`` is spglib's distance tolerance in Å (0.1 by default, as the Materials Project
     uses for the space groups it reports, which is what the label sources were built from);
@@ -231,7 +231,7 @@ def derive_formula_and_spacegroup(structure: Structure, symprec: float) -> tuple
         dataset = None
     if dataset is None:
         raise DataError(f"spglib found no space group (symprec {symprec} Å)")
-    return reduced_formula(structure), int(dataset.number)
+    return int(dataset.number)
 
 
 def reduced_formula(structure: Structure) -> str:

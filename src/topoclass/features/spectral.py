@@ -85,6 +85,12 @@ class SpectralCache:
         return len(self._entries)
 
 
+# The process's spectra, shared by every featurization in it: many crystals share a graph
+# (every rock-salt cell has the same one), and predicting for new structures repeats graphs
+# already seen. The trainer clears it on a cadence (``train.clear_caches_every_epochs``).
+PROCESS_SPECTRAL_CACHE = SpectralCache()
+
+
 def graph_key(num_nodes: int, edge_index: np.ndarray, k: int) -> str:
     """Content hash of everything the spectrum depends on: node count, edges and k."""
     digest = hashlib.blake2b(digest_size=16)
@@ -107,27 +113,39 @@ def laplacian_spectra(
     device: str | torch.device | None = "auto",
     cache: SpectralCache | None = None,
 ) -> list[Spectrum]:
-    """The ``k`` smallest eigenpairs of each graph's normalized Laplacian, one :class:`Spectrum` each."""
+    """The ``k`` smallest eigenpairs of each graph's normalized Laplacian, one :class:`Spectrum` each.
+
+    With a ``cache``, graphs found there are not recomputed, and graphs repeated in ``graphs``
+    (same node count and edges) are computed once.
+    """
     target = resolve_device(device)
     results: list[Spectrum | None] = [None] * len(graphs)
+    to_compute: list[int] = []  # one position per distinct missing graph
+    repeats: dict[str, list[int]] = {}  # key of a graph to compute -> its other positions
     keys: list[str] = []
-    missing: list[int] = []
     for position, graph in enumerate(graphs):
-        key = graph_key(graph.num_nodes, graph.edge_index, k) if cache is not None else ""
+        if cache is None:
+            to_compute.append(position)
+            continue
+        key = graph_key(graph.num_nodes, graph.edge_index, k)
         keys.append(key)
-        hit = cache.get(key) if cache is not None else None
-        if hit is None:
-            missing.append(position)
-        else:
+        if key in repeats:
+            repeats[key].append(position)
+        elif (hit := cache.get(key)) is not None:
             results[position] = hit
+        else:
+            repeats[key] = []
+            to_compute.append(position)
     with _single_cpu_thread(target):
-        for group in _size_groups([graphs[i].num_nodes for i in missing]):
-            positions = [missing[i] for i in group]
+        for group in _size_groups([graphs[i].num_nodes for i in to_compute]):
+            positions = [to_compute[i] for i in group]
             spectra = _group_spectra([graphs[p] for p in positions], k, target)
             for position, spectrum in zip(positions, spectra, strict=True):
                 results[position] = spectrum
                 if cache is not None:
                     cache.put(keys[position], spectrum)
+                    for repeat in repeats[keys[position]]:
+                        results[repeat] = spectrum
     return results  # type: ignore[return-value]
 
 

@@ -2,7 +2,9 @@
 
 Each structure is independent, so worker processes take them in chunks; a structure that
 fails at any step yields a one-line reason and never stops the others. Spectra are then
-computed in the parent, batched by graph size (on the GPU when there is one).
+computed in the parent, batched by graph size (on the GPU when there is one). The space-group
+search (spglib) costs more than everything else together, so it runs only for the structures
+whose space group is not already known.
 """
 
 from __future__ import annotations
@@ -24,21 +26,23 @@ from topoclass.config import GraphConfig
 from topoclass.data.records import StructureRef
 from topoclass.data.structures import (
     check_structure,
-    derive_formula_and_spacegroup,
     periodic_neighbors,
     read_structure,
+    reduced_formula,
+    spglib_spacegroup,
 )
 from topoclass.errors import DataError
 from topoclass.features.graph import CrystalGraph, build_crystal_graph
 from topoclass.features.graph_store import GraphStore
-from topoclass.features.spectral import laplacian_spectra
+from topoclass.features.spectral import PROCESS_SPECTRAL_CACHE, SpectralCache, laplacian_spectra
 
 logger = logging.getLogger(__name__)
 
 # Below this many structures a process pool costs more than it saves.
 _MIN_STRUCTURES_FOR_POOL = 16
 
-# What one worker returns for one structure: formula, space group, reject reason, graph.
+# What one worker returns for one structure: formula, space group (None when not searched),
+# reject reason, graph.
 _Outcome = tuple[str | None, int | None, str | None, CrystalGraph | None]
 
 
@@ -46,7 +50,8 @@ _Outcome = tuple[str | None, int | None, str | None, CrystalGraph | None]
 class StructureFeatures:
     """Per input reference: derived formula and space group, or the reason it failed, and its graph.
 
-    ``graph_index[i]`` is the position of reference i's graph in ``store``, or -1 when it failed.
+    ``spacegroup[i]`` is None where the search was not asked for. ``graph_index[i]`` is the
+    position of reference i's graph in ``store``, or -1 when it failed.
     """
 
     formula: list[str | None]
@@ -63,15 +68,18 @@ class StructureFeatures:
         return int(np.count_nonzero(self.graph_index < 0))
 
 
-def featurize_one(ref: StructureRef, *, cutoff: float, max_neighbors: int, symprec: float) -> _Outcome:
-    """Read -> check -> formula and space group -> graph for one structure; failures become reasons."""
+def featurize_one(
+    ref: StructureRef, find_spacegroup: bool, *, cutoff: float, max_neighbors: int, symprec: float
+) -> _Outcome:
+    """Read -> check -> formula (and space group) -> graph for one structure; failures become reasons."""
     try:
         structure = read_structure(ref)
         neighbors = periodic_neighbors(structure, cutoff)
         problem = check_structure(structure, cutoff=cutoff, neighbors=neighbors)
         if problem is not None:
             return None, None, problem, None
-        formula, spacegroup = derive_formula_and_spacegroup(structure, symprec)
+        formula = reduced_formula(structure)
+        spacegroup = spglib_spacegroup(structure, symprec) if find_spacegroup else None
         graph = build_crystal_graph(
             structure, cutoff=cutoff, max_neighbors=max_neighbors, neighbors=neighbors
         )
@@ -88,11 +96,20 @@ def featurize_structures(
     refs: Sequence[StructureRef],
     graph: GraphConfig,
     *,
+    find_spacegroup: Sequence[bool] | None = None,
     workers: int = 0,
     progress: bool = True,
     device: str | None = "auto",
+    spectral_cache: SpectralCache | None = PROCESS_SPECTRAL_CACHE,
 ) -> StructureFeatures:
-    """Featurize ``refs`` with ``workers`` processes (0: one per CPU core; 1: in this process)."""
+    """Featurize ``refs`` with ``workers`` processes (0: one per CPU core; 1: in this process).
+
+    ``find_spacegroup[i]`` says whether to search reference i's space group (default: all).
+    Spectra of graphs already in ``spectral_cache`` are reused (None: compute every one).
+    """
+    searches = [True] * len(refs) if find_spacegroup is None else list(find_spacegroup)
+    if len(searches) != len(refs):
+        raise ValueError(f"find_spacegroup has {len(searches)} entries for {len(refs)} structures")
     work = partial(
         featurize_one, cutoff=graph.cutoff, max_neighbors=graph.max_neighbors, symprec=graph.symprec
     )
@@ -102,13 +119,13 @@ def featurize_structures(
     outcomes: list[_Outcome] = []
     with bar:
         if workers == 1 or len(refs) < _MIN_STRUCTURES_FOR_POOL:
-            for ref in refs:
-                outcomes.append(work(ref))
+            for ref, search in zip(refs, searches, strict=True):
+                outcomes.append(work(ref, search))
                 bar.update()
         else:
             chunksize = max(1, min(32, len(refs) // (workers * 8)))
             with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-                for outcome in pool.map(work, refs, chunksize=chunksize):
+                for outcome in pool.map(work, refs, searches, chunksize=chunksize):
                     outcomes.append(outcome)
                     bar.update()
 
@@ -116,7 +133,7 @@ def featurize_structures(
     graph_index = np.full(len(outcomes), -1, dtype=np.int64)
     graph_index[[i for i, outcome in enumerate(outcomes) if outcome[3] is not None]] = np.arange(len(graphs))
     parsed = time.perf_counter()
-    spectra = laplacian_spectra(graphs, graph.spectral_k, device=device)
+    spectra = laplacian_spectra(graphs, graph.spectral_k, device=device, cache=spectral_cache)
     logger.info(
         "featurized %d structures with %d workers in %.1f s (%.1f s of it for Laplacian spectra)",
         len(refs),

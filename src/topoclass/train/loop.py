@@ -27,6 +27,7 @@ from topoclass.config import Config, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.loader import ResumableBatchSampler
 from topoclass.evaluation.metrics import evaluate_tasks
+from topoclass.features.spectral import PROCESS_SPECTRAL_CACHE
 from topoclass.model.inference import move_batch, raw_outputs, to_probabilities
 from topoclass.model.multitask import MultitaskModel
 from topoclass.train.averaging import WeightAverage
@@ -217,6 +218,7 @@ class Trainer:
             if not self._train_epoch(epoch):
                 return FitResult("stopped", self.state)
             improved = self._end_epoch(epoch)
+            self._clear_caches_if_due(epoch)
             self.state.early_stopped = self.state.epochs_without_improvement >= self.config.train.patience
             last = self.state.early_stopped or epoch == epochs
             tag = CheckpointTag(epoch, None)
@@ -229,6 +231,13 @@ class Trainer:
         if self.state.early_stopped:
             logger.info("Early stopping: no val-loss improvement for %d epochs", self.config.train.patience)
         return FitResult("early_stopped" if self.state.early_stopped else "finished", self.state)
+
+    def _clear_caches_if_due(self, epoch: int) -> None:
+        """Bound the memory that in-memory caches hold over a long run; they refill on demand."""
+        every = self.config.train.clear_caches_every_epochs
+        if every and epoch % every == 0 and len(PROCESS_SPECTRAL_CACHE):
+            logger.debug("Clearing %d cached spectra", len(PROCESS_SPECTRAL_CACHE))
+            PROCESS_SPECTRAL_CACHE.clear()
 
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches; False if a stop request interrupted it."""

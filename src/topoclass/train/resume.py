@@ -19,6 +19,7 @@ SAFE_TO_CHANGE = (
     "train.patience",
     "train.progress_bar",
     "train.device",
+    "train.clear_caches_every_epochs",
     "checkpoint.",
     "run_dir",
     "output_root",
