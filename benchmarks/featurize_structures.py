@@ -40,6 +40,7 @@ from scipy.sparse.csgraph import laplacian
 from topoclass.config import DATA_DIR_ENV, GraphConfig
 from topoclass.data.records import StructureRef
 from topoclass.data.structures import reduced_formula
+from topoclass.features.spectral import SpectralCache
 from topoclass.features.structure_pipeline import featurize_structures
 
 GRAPH = GraphConfig()
@@ -156,7 +157,9 @@ def main() -> None:
         )
         fast_core = min(fast_core, time.perf_counter() - start)
         start = time.perf_counter()
-        features = featurize_structures(refs, GRAPH, workers=args.workers, progress=False)
+        features = featurize_structures(
+            refs, GRAPH, workers=args.workers, progress=False, spectral_cache=SpectralCache()
+        )
         fast = min(fast, time.perf_counter() - start)
 
     n = len(paths)
