@@ -64,6 +64,12 @@ def test_train_on_a_table_of_cif_paths(tmp_path):
     # Formula and space group were derived from each structure.
     split = json.loads((run / "split.json").read_text())
     assert sum(len(split[name]) for name in ("train", "val", "test")) == 48
+    # A structure run is measured against trees with and without the cell facts.
+    evaluated = run_cli(["evaluate", str(run)], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
+    assert set(metrics) == {"neural", "baseline", "baseline_cell_facts"}
+    assert metrics["baseline_cell_facts"]["topo"]["n"] == len(split["test"])
     # Predict from structures alone: formula and space group come from each CIF.
     new = tmp_path / "new.csv"
     new.write_text("id,structure\na,cifs/s0.cif\nb,cifs/s1.cif\nbad,cifs/broken.cif\n")

@@ -7,7 +7,13 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from topoclass.data.structures import periodic_neighbors
-from topoclass.features.graph import build_crystal_graph, gaussian_rbf, nearest_per_center
+from topoclass.features.graph import (
+    NUM_CELL_FACTS,
+    build_crystal_graph,
+    cell_facts,
+    gaussian_rbf,
+    nearest_per_center,
+)
 
 
 def fcc_primitive(a: float = 3.6) -> Structure:
@@ -95,3 +101,15 @@ def test_gaussian_rbf_peaks_at_its_centres():
     assert rbf.argmax(dim=1).tolist() == [0, 3, 6]
     torch.testing.assert_close(rbf.max(dim=1).values, torch.ones(3))
     assert torch.all(rbf > 0) and torch.all(rbf <= 1)
+
+
+def test_cell_facts_count_the_electrons_of_each_cell():
+    # Na Cl (11 + 17 = 28 electrons, 2 atoms), then a lone Na atom (11 electrons).
+    z = torch.tensor([11, 17, 11])
+    facts = cell_facts(z, torch.tensor([0, 0, 1]), num_graphs=2)
+    assert facts.shape == (2, NUM_CELL_FACTS)
+    parity, cos4, sin4, cos8, sin8, log_atoms = facts.T
+    assert parity.tolist() == [1.0, -1.0]  # even, odd
+    torch.testing.assert_close(torch.stack([cos4, sin4], 1), torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    torch.testing.assert_close(torch.stack([cos8, sin8], 1)[0], torch.tensor([-1.0, 0.0]))  # 28 % 8 == 4
+    torch.testing.assert_close(log_atoms, torch.log(torch.tensor([2.0, 1.0])))

@@ -7,7 +7,7 @@ import torch
 from topoclass.features.graph import CrystalGraph
 from topoclass.features.graph_store import GraphStore
 from topoclass.features.spectral import laplacian_spectra, random_sign_flip
-from topoclass.model.structure_encoder import NUM_CELL_FACTS, StructureEncoder, cell_facts
+from topoclass.model.structure_encoder import StructureEncoder
 
 HIDDEN, K, RBF, CUTOFF = 16, 4, 8, 6.0
 
@@ -72,15 +72,3 @@ def test_batching_does_not_change_a_crystal_embedding(encoder):
     together = encoder(store.batch([0, 2]))
     torch.testing.assert_close(together[0], encoder(store.batch([0]))[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(together[1], encoder(store.batch([2]))[0], atol=1e-5, rtol=1e-5)
-
-
-def test_cell_facts_count_the_electrons_of_each_cell():
-    # Na Cl (11 + 17 = 28 electrons, 2 atoms), then a lone Na atom (11 electrons).
-    z = torch.tensor([11, 17, 11])
-    facts = cell_facts(z, torch.tensor([0, 0, 1]), num_graphs=2)
-    assert facts.shape == (2, NUM_CELL_FACTS)
-    parity, cos4, sin4, cos8, sin8, log_atoms = facts.T
-    assert parity.tolist() == [1.0, -1.0]  # even, odd
-    torch.testing.assert_close(torch.stack([cos4, sin4], 1), torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
-    torch.testing.assert_close(torch.stack([cos8, sin8], 1)[0], torch.tensor([-1.0, 0.0]))  # 28 % 8 == 4
-    torch.testing.assert_close(log_atoms, torch.log(torch.tensor([2.0, 1.0])))

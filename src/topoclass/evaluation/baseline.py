@@ -3,7 +3,10 @@
 Every neural result is shown beside this one. The features are what the
 composition and symmetry encoders see, flattened into a fixed-length vector:
 element fractions, fraction-weighted statistics of element properties, and the
-space group's number and derived facts.
+space group's number and derived facts. For runs with crystal structures a second
+reference also gets the cell facts the structure encoder is given (electrons per cell
+modulo 2, 4 and 8, atoms per cell), so a structure model is measured against trees
+that know as much about band filling as it is told.
 """
 
 from __future__ import annotations
@@ -52,11 +55,28 @@ def baseline_features(features: FeatureSet) -> np.ndarray:
     ).astype(np.float32)
 
 
+def cell_fact_features(features: FeatureSet) -> np.ndarray:
+    """The structure encoder's cell facts per material, [N, NUM_CELL_FACTS]; NaN without a structure
+    (the trees treat NaN as missing)."""
+    if features.graphs is None:
+        raise ValueError("cell facts need crystal structures; this dataset has none")
+    facts = features.graphs.cell_facts().numpy()
+    row = features.graph_index.numpy()
+    return np.where((row >= 0)[:, None], facts[np.clip(row, 0, None)], np.nan)
+
+
 def fit_and_evaluate_baseline(
-    features: FeatureSet, split: dict[str, torch.Tensor], *, seed: int = 0, eval_split: str = "test"
+    features: FeatureSet,
+    split: dict[str, torch.Tensor],
+    *,
+    seed: int = 0,
+    eval_split: str = "test",
+    with_cell_facts: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Fit one boosted-tree model per task on train (early-stopped on val); metrics on ``eval_split``."""
     x = baseline_features(features)
+    if with_cell_facts:
+        x = np.hstack([x, cell_fact_features(features)]).astype(np.float32)
     labels = features.labels.numpy()
     outputs: dict[str, np.ndarray] = {}
     rows = {name: idx.numpy() for name, idx in split.items()}

@@ -35,6 +35,10 @@ def evaluate_run(
         results["baseline"] = fit_and_evaluate_baseline(
             data.features, split, seed=run.config.train.seed, eval_split=split_name
         )
+        if run.config.data.use_structure and data.features.graphs is not None:
+            results["baseline_cell_facts"] = fit_and_evaluate_baseline(
+                data.features, split, seed=run.config.train.seed, eval_split=split_name, with_cell_facts=True
+            )
     history = _read_history(run.paths.root / "metrics.jsonl")
     written = write_evaluation(run.paths.root / "evaluation", results, history)
     table = format_results_table(results)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from topoclass.features.graph import CrystalGraph
+from topoclass.features.graph import CrystalGraph, cell_facts
 from topoclass.features.spectral import Spectrum
 
 if TYPE_CHECKING:
@@ -113,6 +113,11 @@ class GraphStore:
     @property
     def spectral_k(self) -> int:
         return int(self.eigenvalues.shape[1])
+
+    def cell_facts(self) -> torch.Tensor:
+        """:func:`cell_facts` of every stored graph, [len(self), NUM_CELL_FACTS]."""
+        graph_of_node = torch.repeat_interleave(torch.arange(len(self)), self.node_ptr.diff())
+        return cell_facts(self.atomic_numbers, graph_of_node, len(self))
 
     def graph(self, index: int) -> CrystalGraph:
         """One graph back as a :class:`CrystalGraph` (for inspection and tests)."""

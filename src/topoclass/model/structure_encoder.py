@@ -7,7 +7,7 @@ from torch import nn
 from torch_geometric.data import Batch
 from torch_geometric.nn import CGConv, global_max_pool, global_mean_pool
 
-from topoclass.features.graph import gaussian_rbf
+from topoclass.features.graph import NUM_CELL_FACTS, cell_facts, gaussian_rbf
 
 
 class SignInvariantPositionalEncoding(nn.Module):
@@ -35,36 +35,6 @@ class SignInvariantPositionalEncoding(nn.Module):
         minus = self.phi(torch.stack([-scaled, values], dim=-1))
         channels = (plus + minus) * mask[batch].unsqueeze(-1).to(pe.dtype)
         return self.rho(channels.flatten(1))
-
-
-NUM_CELL_FACTS = 6
-
-
-def cell_facts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    """Electron count of each cell modulo 2, 4 and 8 (as angles), and its log atom count: [G, 6].
-
-    Mean and max pooling forget how many atoms a cell holds, yet band filling depends on the
-    electrons per cell: an odd count cannot fill bands and enforces a (semi)metal, and
-    nonsymmorphic groups need multiples of 4 or 8 (filling constraints the space-group
-    embedding can pair with these). The count is for the cell as given; Materials Project
-    and JARVIS cells are primitive, which is the cell these constraints speak of.
-    """
-    electrons = torch.zeros(num_graphs, dtype=torch.long, device=atomic_numbers.device)
-    electrons.index_add_(0, batch, atomic_numbers.long())
-    atoms = torch.bincount(batch, minlength=num_graphs).clamp_min(1)
-    quarter_turns = (electrons % 4).to(torch.float32) * (torch.pi / 2)
-    eighth_turns = (electrons % 8).to(torch.float32) * (torch.pi / 4)
-    return torch.stack(
-        [
-            1.0 - 2.0 * (electrons % 2).to(torch.float32),
-            torch.cos(quarter_turns),
-            torch.sin(quarter_turns),
-            torch.cos(eighth_turns),
-            torch.sin(eighth_turns),
-            torch.log(atoms.to(torch.float32)),
-        ],
-        dim=1,
-    )
 
 
 class StructureEncoder(nn.Module):
