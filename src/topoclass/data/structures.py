@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -219,6 +220,9 @@ def spglib_spacegroup(structure: Structure, symprec: float) -> int:
     """
     import spglib
 
+    # spglib's C code prints retries ("get_bravais_exact_positions_and_lattice failed") straight
+    # to stderr, hundreds over a dataset; the outcome is what matters. A user's setting wins.
+    os.environ.setdefault("SPGLIB_WARNING", "OFF")
     cell = (structure.lattice.matrix, structure.frac_coords, np.asarray(structure.atomic_numbers))
     try:
         with warnings.catch_warnings():
