@@ -76,6 +76,8 @@ def main() -> None:
             f"data loading: first (featurize) {first:.2f} s, second (cache) {second:.3f} s, "
             f"ratio {first / second:.1f}x"
         )
+        if args.load_only:
+            return
 
         run = Path(scratch, "run")
         train_args = [

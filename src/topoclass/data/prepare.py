@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,13 @@ def _record_fingerprint(material: Material) -> list[Any]:
     if material.structure is not None:
         ref = material.structure
         if ref.path is not None:
-            stat = Path(ref.path).stat() if Path(ref.path).exists() else None
-            structure = [str(ref.path), stat.st_size if stat else None, stat.st_mtime_ns if stat else None]
+            # One os.stat per file: this runs for every structure on every cached load.
+            path = os.fspath(ref.path)
+            try:
+                stat = os.stat(path)
+                structure = [path, stat.st_size, stat.st_mtime_ns]
+            except OSError:
+                structure = [path, None, None]
         else:
             structure = fingerprint([ref.text, ref.format])
     return [material.id, material.formula, material.spacegroup, material.labels, structure]
