@@ -7,7 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from topoclass.config import Config
+from topoclass.data.prepare import PreparedDataset
 from topoclass.evaluation.baseline import fit_and_evaluate_baseline
 from topoclass.evaluation.metrics import evaluate_tasks
 from topoclass.evaluation.predict import load_run
@@ -32,19 +35,29 @@ def evaluate_run(
         "neural": evaluate_tasks(data.features.tasks, labels, to_probabilities(outputs))
     }
     if with_baseline:
-        results["baseline"] = fit_and_evaluate_baseline(
-            data.features, split, seed=run.config.train.seed, eval_split=split_name
-        )
-        if run.config.data.use_structure and data.features.graphs is not None:
-            results["baseline_cell_facts"] = fit_and_evaluate_baseline(
-                data.features, split, seed=run.config.train.seed, eval_split=split_name, with_cell_facts=True
-            )
+        results.update(_baselines(run.config, data, split, split_name))
     history = _read_history(run.paths.root / "metrics.jsonl")
     written = write_evaluation(run.paths.root / "evaluation", results, history)
     table = format_results_table(results)
     (run.paths.root / "evaluation" / "results.md").write_text(table + "\n")
     logger.info("Evaluation written to %s", written["metrics"].parent)
     return results, table
+
+
+def _baselines(
+    config: Config, data: PreparedDataset, split: dict[str, torch.Tensor], split_name: str
+) -> dict[str, Any]:
+    """The tree baseline, plus one that also gets the cell facts when the run uses structures."""
+    results = {
+        "baseline": fit_and_evaluate_baseline(
+            data.features, split, seed=config.train.seed, eval_split=split_name
+        )
+    }
+    if config.data.use_structure and data.features.graphs is not None:
+        results["baseline_cell_facts"] = fit_and_evaluate_baseline(
+            data.features, split, seed=config.train.seed, eval_split=split_name, with_cell_facts=True
+        )
+    return results
 
 
 def _read_history(path: Path) -> list[dict[str, Any]] | None:
@@ -59,11 +72,7 @@ def run_baseline(config: Config, split_name: str = "test") -> tuple[dict[str, An
     paths.root.mkdir(parents=True, exist_ok=True)
     data = prepare_data(config)
     split = load_or_make_split(config, data, paths)
-    results = {
-        "baseline": fit_and_evaluate_baseline(
-            data.features, split, seed=config.train.seed, eval_split=split_name
-        )
-    }
+    results = _baselines(config, data, split, split_name)
     out = paths.root / "baseline.json"
     out.write_text(json.dumps(results, indent=2))
     logger.info("Baseline metrics written to %s", out)
