@@ -68,7 +68,7 @@ def test_missing_structure_is_not_a_zero_structure():
     batch = features.batch(torch.tensor([0]), with_graphs=True)
     masked = model(batch)["topo_class"]
     original = model.structure.forward
-    model.structure.forward = lambda graph: torch.zeros(graph.num_graphs, 16)
+    model.structure.forward = lambda graph, context: torch.zeros(graph.num_graphs, 16)
     fake = features.batch(torch.tensor([1]), with_graphs=True)
     fake.update({k: batch[k] for k in ("element_index", "element_fraction", "descriptors", "spacegroup")})
     zero_filled = model(fake)["topo_class"]

@@ -1,13 +1,16 @@
 """Space-group facts derived from spglib's symmetry database.
 
 Each of the 230 space groups gets a fixed feature vector: crystal system,
-lattice centring, point group, centrosymmetry, polarity, chirality and the
-number of point operations. All of it is computed from the symmetry operations
-spglib ships, so no table is typed by hand.
+lattice centring, point group, centrosymmetry, polarity, chirality, the
+number of point operations, and whether the group has screw axes or glide
+planes (nonsymmorphic operations force bands to stick together in pairs or
+fours, which decides whether a given electron count can fill them). All of it
+is computed from spglib's database, so no table is typed by hand.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from functools import lru_cache
 
@@ -44,6 +47,17 @@ def _point_group_symbols() -> list[str]:
     return sorted(symbols)
 
 
+def _nonsymmorphic_elements(symbol: str) -> tuple[float, float]:
+    """(has a screw axis, has a glide plane) from the full Hermann-Mauguin symbol after the lattice letter.
+
+    A space group is symmorphic exactly when its symbol is a lattice letter followed by a
+    point-group symbol (73 groups); screws are written with ``_`` and glides with a, b, c,
+    n, d or e.
+    """
+    operations = symbol[1:]
+    return float("_" in operations), float(re.search(r"[abcnde]", operations) is not None)
+
+
 @lru_cache(maxsize=1)
 def spacegroup_feature_table() -> np.ndarray:
     """Feature vectors for space groups 1..230, shape [231, F]; row 0 is padding (zeros)."""
@@ -73,6 +87,7 @@ def _build_spacegroup_table() -> np.ndarray:
                     float(all(round(np.linalg.det(r)) == 1 for r in unique_rotations)),
                     np.log(len(unique_rotations)) / np.log(48),
                     number / NUM_SPACEGROUPS,
+                    *_nonsymmorphic_elements(sg_type.international_full),
                 ],
             ]
         )

@@ -56,6 +56,7 @@ class MultitaskModel(nn.Module):
                 cutoff=graph.cutoff,
                 spectral_k=graph.spectral_k,
                 dropout=config.dropout,
+                context_dim=self.symmetry.spacegroup_facts.shape[1],
             )
         self.modality_embedding = nn.Parameter(torch.zeros(len(MODALITIES), hidden))
         self.fusion = nn.TransformerEncoder(
@@ -85,7 +86,8 @@ class MultitaskModel(nn.Module):
             has_graph = torch.zeros(size, dtype=torch.bool, device=tokens[0].device)
             if batch.get("graph") is not None:
                 rows = batch["graph_rows"]
-                structure_token = structure_token.index_put((rows,), self.structure(batch["graph"]))
+                context = self.symmetry.spacegroup_facts[batch["spacegroup"][rows]]
+                structure_token = structure_token.index_put((rows,), self.structure(batch["graph"], context))
                 has_graph[rows] = True
             tokens.append(structure_token)
             present.append(has_graph)

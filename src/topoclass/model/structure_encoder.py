@@ -49,6 +49,7 @@ class StructureEncoder(nn.Module):
         spectral_k: int,
         dropout: float,
         num_elements: int = 119,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         self.cutoff = cutoff
@@ -63,13 +64,18 @@ class StructureEncoder(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(num_layers))
         self.dropout = nn.Dropout(dropout)
         self.readout = nn.Sequential(
-            nn.Linear(2 * hidden_dim + NUM_CELL_FACTS, hidden_dim),
+            nn.Linear(2 * hidden_dim + NUM_CELL_FACTS + context_dim, hidden_dim),
             nn.SiLU(),
             nn.Linear(hidden_dim, hidden_dim),
         )
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Crystal embeddings [num_graphs, hidden_dim]."""
+    def forward(self, batch: Batch, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Crystal embeddings [num_graphs, hidden_dim].
+
+        ``context`` [num_graphs, context_dim] joins the cell facts at the readout: the space
+        group's facts, because whether a filling can be insulating depends on the symmetry
+        (nonsymmorphic groups force bands to stick together in sets of two or four).
+        """
         nodes = self.element_embedding(batch.z) + self.positional(
             batch.pe, batch.eigenvalues, batch.eigenvalue_mask, batch.batch
         )
@@ -83,6 +89,7 @@ class StructureEncoder(nn.Module):
                 global_mean_pool(nodes, batch.batch, size=num_graphs),
                 global_max_pool(nodes, batch.batch, size=num_graphs),
                 cell_facts(batch.z, batch.batch, num_graphs).to(nodes.dtype),
+                *([] if context is None else [context.to(nodes.dtype)]),
             ],
             dim=1,
         )
