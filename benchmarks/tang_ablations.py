@@ -36,6 +36,7 @@ VARIANTS: dict[str, list[str]] = {
     "dropout 0": ["--set", "model.dropout=0.0"],
     "weight decay 0.05": ["--set", "train.weight_decay=0.05"],
     "no weight averaging (EMA off)": ["--set", "train.ema_decay=0"],
+    "batch 32": ["--set", "train.batch_size=32"],
     "batch 512, 60 epochs, patience 20": [
         "--set",
         "train.batch_size=512",
