@@ -141,6 +141,32 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from topoclass.config import DataConfig
+    from topoclass.data.cache import list_entries, remove_entry
+
+    root = DataConfig(cache_dir=args.cache_dir).resolved_cache_dir()
+    entries = list_entries(root)
+    if args.action == "list":
+        for entry in entries:
+            state = "" if entry.complete else "  (unfinished write)"
+            print(
+                f"{entry.path.name}  {entry.size_bytes / 1e6:8.1f} MB  idle {entry.idle_days:6.1f} d{state}"
+            )
+        print(f"{len(entries)} entries, {sum(e.size_bytes for e in entries) / 1e6:.1f} MB in {root}")
+        return 0
+    # A write still in progress is young; one older than a day was left by a crash.
+    stale = [e for e in entries if e.idle_days > (args.older_than if e.complete else 1.0)]
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in stale:
+        if not args.dry_run:
+            remove_entry(entry)
+        print(f"{verb} {entry.path.name} ({entry.size_bytes / 1e6:.1f} MB)")
+    freed = sum(e.size_bytes for e in stale) / 1e6
+    print(f"{len(stale)} entries, {freed:.1f} MB {'to free' if args.dry_run else 'freed'} in {root}")
+    return 0
+
+
 def _checkpoint_dir(path: Path) -> Path:
     """A run directory or a checkpoint directory, as the user prefers to name it."""
     return path / "checkpoints" if (path / "config.yaml").exists() else path
@@ -201,6 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("path", type=Path)
     export.add_argument("output", type=Path)
     checkpoints.set_defaults(func=_cmd_checkpoints)
+
+    cache = verbs.add_parser("cache", help="list or prune the featurization cache")
+    cache_actions = cache.add_subparsers(dest="action", required=True)
+    cache_actions.add_parser("list", help="entries with size and days since last use")
+    prune = cache_actions.add_parser("prune", help="remove entries unused for a while (rebuilt when needed)")
+    prune.add_argument(
+        "--older-than", type=float, default=30.0, metavar="DAYS", help="idle days (default 30)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    for sub in cache_actions.choices.values():
+        sub.add_argument(
+            "--cache-dir", type=Path, help="cache root (default: env TOPOCLASS_CACHE_DIR or ~/.cache)"
+        )
+    cache.set_defaults(func=_cmd_cache)
     return parser
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 
 from tests.conftest import write_synthetic_table
+from topoclass.cli import main
 from topoclass.config import DataConfig, TaskConfig
+from topoclass.data.cache import list_entries
 from topoclass.data.prepare import prepare_dataset
 
 TASKS = [TaskConfig(name="topological", classes=["trivial", "topological"])]
@@ -55,3 +60,35 @@ def test_damaged_cache_is_rebuilt(tmp_path, caplog):
     assert not again.from_cache
     assert "damaged" in caplog.text
     assert prepare_dataset(_config(tmp_path, table)).from_cache
+
+
+def test_prune_removes_only_entries_idle_longer_than_asked(tmp_path, capsys):
+    table = write_synthetic_table(tmp_path / "m.csv", 40)
+    old = prepare_dataset(_config(tmp_path, table)).cache_path
+    recent = prepare_dataset(_config(tmp_path, table, cutoff=5.0)).cache_path
+    crashed_write = tmp_path / "cache" / ".tmp-table-abc-123"
+    crashed_write.mkdir()
+    (crashed_write / "features.safetensors").write_bytes(b"partial")
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(old / "MANIFEST.json", (ten_days_ago, ten_days_ago))
+    os.utime(crashed_write, (ten_days_ago, ten_days_ago))
+
+    listed = {entry.path.name: entry for entry in list_entries(tmp_path / "cache")}
+    assert listed[old.name].idle_days > 9.9 and listed[recent.name].idle_days < 0.1
+    assert not listed[crashed_write.name].complete
+
+    cache_dir = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["cache", "prune", "--older-than", "5", "--dry-run", *cache_dir]) == 0
+    assert old.exists() and crashed_write.exists()
+    assert main(["cache", "prune", "--older-than", "5", *cache_dir]) == 0
+    assert not old.exists() and not crashed_write.exists() and recent.exists()
+    assert "2 entries" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_a_cache_hit_counts_as_a_use(tmp_path):
+    table = write_synthetic_table(tmp_path / "m.csv", 40)
+    entry = prepare_dataset(_config(tmp_path, table)).cache_path
+    long_ago = time.time() - 100 * 86400
+    os.utime(entry / "MANIFEST.json", (long_ago, long_ago))
+    assert prepare_dataset(_config(tmp_path, table)).from_cache
+    assert list_entries(tmp_path / "cache")[0].idle_days < 0.1

@@ -6,15 +6,23 @@ Tensors live in one safetensors file, everything else in JSON; a manifest with
 SHA-256 checksums is written last, and the directory appears under its final
 name only by an atomic rename, so a crash never leaves a half-written entry
 that looks complete.
+
+Entries are never deleted behind the user's back: a change of data or settings
+leaves the old entry in place (another run may still want it). ``topoclass cache
+list`` shows them with their size and last use; ``topoclass cache prune`` removes
+the ones unused for a while, so a long project does not fill a quota.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +72,52 @@ def read_entry(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         if _sha256(blobs[name]) != digest:
             logger.warning("Featurization cache %s is damaged (%s checksum); rebuilding it", directory, name)
             return None
+    # The manifest's modification time records the last use, for ``topoclass cache prune``.
+    with contextlib.suppress(OSError):
+        os.utime(directory / _MANIFEST)
     return load(blobs[_TENSORS]), json.loads(blobs[_META])
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One directory under the cache root: a finished entry or a write a crash left behind."""
+
+    path: Path
+    size_bytes: int
+    last_used: float  # seconds since the epoch
+    complete: bool
+
+    @property
+    def idle_days(self) -> float:
+        return (time.time() - self.last_used) / 86400
+
+
+def list_entries(root: Path) -> list[CacheEntry]:
+    """Every entry under ``root``, least recently used first; [] when the root does not exist."""
+    if not root.is_dir():
+        return []
+    entries = []
+    for directory in root.iterdir():
+        if not directory.is_dir():
+            continue
+        files = [f for f in directory.rglob("*") if f.is_file()]
+        manifest = directory / _MANIFEST
+        complete = manifest.is_file() and not directory.name.startswith(".tmp-")
+        stamp = manifest if complete else directory
+        entries.append(
+            CacheEntry(
+                path=directory,
+                size_bytes=sum(f.stat().st_size for f in files),
+                last_used=stamp.stat().st_mtime,
+                complete=complete,
+            )
+        )
+    return sorted(entries, key=lambda entry: entry.last_used)
+
+
+def remove_entry(entry: CacheEntry) -> None:
+    """Delete one entry (it is rebuilt on its next use)."""
+    shutil.rmtree(entry.path)
 
 
 def fingerprint(parts: list[Any]) -> str:
