@@ -87,6 +87,25 @@ class LoadedCheckpoint:
     metadata: dict[str, Any]
 
 
+def load_component(checkpoint: LoadedCheckpoint, name: str, component: Any, state: Any) -> None:
+    """``component.load_state_dict(state)``, with a one-line error when the saved state no longer fits.
+
+    A checkpoint written by another version of the model (a layer resized, a feature added) is
+    intact yet unusable; saying which version wrote it tells the user how to use it.
+    """
+    try:
+        component.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__).rstrip(".")
+        raise CheckpointError(
+            f"{checkpoint.path}: the saved {name} does not fit this version of topoclass "
+            f"({detail}); it was written by topoclass {checkpoint.metadata.get('package_version', '?')} "
+            f"at revision {checkpoint.metadata.get('code_revision') or 'unknown'}: use that version, "
+            "or train anew"
+        ) from exc
+
+
 def checkpoint_dirs(directory: Path) -> list[tuple[CheckpointTag, Path]]:
     """Every directory named like a checkpoint in ``directory``, newest first."""
     if not Path(directory).is_dir():

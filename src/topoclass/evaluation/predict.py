@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from topoclass.checkpoint.manager import CheckpointManager
+from topoclass.checkpoint.manager import CheckpointManager, load_component
 from topoclass.config import Config, TaskConfig, load_config
 from topoclass.data.clean import record_problem
 from topoclass.data.featureset import FeatureSet
@@ -56,7 +56,7 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
         raise ConfigError(f"{run_dir}: no verified checkpoint to load")
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
     model = build_model(config, tasks)
-    model.load_state_dict(inference_weights(loaded.state))
+    load_component(loaded, "model", model, inference_weights(loaded.state))
     target = select_device(device)
     return TrainedRun(config, tasks, model.to(target).eval(), paths, loaded.path, target)
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from topoclass import __version__
-from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint
+from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, load_component
 from topoclass.checkpoint.state import RNGState
 from topoclass.config import Config, TaskConfig
 from topoclass.data.featureset import FeatureSet
@@ -167,7 +167,7 @@ class Trainer:
             if not torch.equal(torch.as_tensor(saved_split[name]), rows):
                 raise ValueError(f"the {name} split differs from the checkpoint's")
         for name, component in self.stateful().items():
-            component.load_state_dict(checkpoint.state[name])
+            load_component(checkpoint, name, component, checkpoint.state[name])
         self.resumed_from = str(checkpoint.path)
 
     def _save(self, tag: CheckpointTag, *, is_best: bool = False, best_only: bool = False) -> None:
