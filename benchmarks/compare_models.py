@@ -13,20 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from cli_runner import topoclass
+
 from topoclass.evaluation.report import format_results_table
-
-
-def topoclass(args: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "topoclass.cli", "-q", *args], env=env, check=False)
-    if result.returncode != 0:
-        sys.exit(f"topoclass {' '.join(args)} failed with exit code {result.returncode}")
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -52,9 +44,9 @@ def main() -> None:
     results = {}
     for name, extra in (("composition+symmetry", []), ("multimodal (+structure)", ["--use-structure"])):
         run = args.out / f"{args.dataset}-{'structure' if extra else 'composition'}"
-        seconds = topoclass(["train", *common, *extra, "--run-dir", str(run)], env)
+        _, seconds = topoclass(["-q", "train", *common, *extra, "--run-dir", str(run)], env)
         print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
-        topoclass(["evaluate", str(run), *([] if extra else ["--no-baseline"])], env)
+        topoclass(["-q", "evaluate", str(run), *([] if extra else ["--no-baseline"])], env)
         metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
         results[name] = metrics["neural"]
         if "baseline" in metrics:

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from compare_models import topoclass
+from cli_runner import topoclass
 
 TASK_WEIGHTS = (
     "data.tasks=[{name: topological, classes: [trivial, topological]},"

@@ -22,19 +22,9 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def topoclass(args: list[str], env: dict[str, str]) -> tuple[str, float]:
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "topoclass.cli", *args], capture_output=True, text=True, env=env, check=False
-    )
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"topoclass {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout, elapsed
+from cli_runner import topoclass
 
 
 def load_twice(dataset: str, env: dict[str, str]) -> tuple[float, float]:
