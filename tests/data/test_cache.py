@@ -66,22 +66,27 @@ def test_prune_removes_only_entries_idle_longer_than_asked(tmp_path, capsys):
     table = write_synthetic_table(tmp_path / "m.csv", 40)
     old = prepare_dataset(_config(tmp_path, table)).cache_path
     recent = prepare_dataset(_config(tmp_path, table, cutoff=5.0)).cache_path
+    not_ours = tmp_path / "cache" / "my-notes"
+    not_ours.mkdir()
+    (not_ours / "MANIFEST.json").write_text("[]")
     crashed_write = tmp_path / "cache" / ".tmp-table-abc-123"
     crashed_write.mkdir()
     (crashed_write / "features.safetensors").write_bytes(b"partial")
     ten_days_ago = time.time() - 10 * 86400
     os.utime(old / "MANIFEST.json", (ten_days_ago, ten_days_ago))
     os.utime(crashed_write, (ten_days_ago, ten_days_ago))
+    os.utime(not_ours, (ten_days_ago, ten_days_ago))
 
     listed = {entry.path.name: entry for entry in list_entries(tmp_path / "cache")}
     assert listed[old.name].idle_days > 9.9 and listed[recent.name].idle_days < 0.1
-    assert not listed[crashed_write.name].complete
+    assert not listed[crashed_write.name].complete and not_ours.name not in listed
 
     cache_dir = ["--cache-dir", str(tmp_path / "cache")]
     assert main(["cache", "prune", "--older-than", "5", "--dry-run", *cache_dir]) == 0
     assert old.exists() and crashed_write.exists()
     assert main(["cache", "prune", "--older-than", "5", *cache_dir]) == 0
     assert not old.exists() and not crashed_write.exists() and recent.exists()
+    assert (not_ours / "MANIFEST.json").exists()  # a directory the cache did not write is never touched
     assert "2 entries" in capsys.readouterr().out.splitlines()[-1]
 
 

@@ -98,12 +98,12 @@ def list_entries(root: Path) -> list[CacheEntry]:
         return []
     entries = []
     for directory in root.iterdir():
-        if not directory.is_dir():
-            continue
+        unfinished = directory.name.startswith(".tmp-")
+        complete = not unfinished and _written_by_this_cache(directory / _MANIFEST)
+        if not directory.is_dir() or not (complete or unfinished):
+            continue  # not ours: a mistyped --cache-dir must never cost the user files
         files = [f for f in directory.rglob("*") if f.is_file()]
-        manifest = directory / _MANIFEST
-        complete = manifest.is_file() and not directory.name.startswith(".tmp-")
-        stamp = manifest if complete else directory
+        stamp = directory / _MANIFEST if complete else directory
         entries.append(
             CacheEntry(
                 path=directory,
@@ -113,6 +113,14 @@ def list_entries(root: Path) -> list[CacheEntry]:
             )
         )
     return sorted(entries, key=lambda entry: entry.last_used)
+
+
+def _written_by_this_cache(manifest: Path) -> bool:
+    try:
+        content = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and {"version", "sha256"} <= content.keys()
 
 
 def remove_entry(entry: CacheEntry) -> None:
