@@ -1,3 +1,3 @@
 """topoclass: multitask classifiers of topological materials that never lose training progress."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import StructureRef
-from topoclass.features.composition import composition_descriptors, encode_compositions
+from topoclass.features.composition import encode_compositions, material_descriptors
 from topoclass.features.structure_pipeline import featurize_structures
 from topoclass.model.multitask import MultitaskModel
 
@@ -25,6 +25,7 @@ def _features() -> FeatureSet:
     structures = featurize_structures(refs, GRAPH, workers=1, progress=False)
     assert structures.reason == [None, None]
     formulas = ["Bi2Se3", "NaCl", "Si"]  # the first one has no structure
+    spacegroups = [166, 225, 227]
     index, fraction = encode_compositions(formulas)
     return FeatureSet(
         ids=["formula-only", "nacl", "si"],
@@ -32,8 +33,8 @@ def _features() -> FeatureSet:
         tasks=TASKS,
         element_index=torch.from_numpy(index),
         element_fraction=torch.from_numpy(fraction),
-        descriptors=torch.from_numpy(composition_descriptors(formulas)),
-        spacegroup=torch.tensor([166, 225, 227]),
+        descriptors=torch.from_numpy(material_descriptors(formulas, spacegroups)),
+        spacegroup=torch.tensor(spacegroups),
         labels=torch.zeros(3, 1),
         graph_index=torch.tensor([-1, int(structures.graph_index[0]), int(structures.graph_index[1])]),
         graphs=structures.store,

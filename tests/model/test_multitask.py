@@ -5,7 +5,7 @@ import torch
 
 from topoclass.config import ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
-from topoclass.features.composition import composition_descriptors, encode_compositions
+from topoclass.features.composition import encode_compositions, material_descriptors
 from topoclass.model.multitask import MultitaskModel
 from topoclass.train.loss import MultitaskLoss, class_weights
 
@@ -25,7 +25,7 @@ def _features(formulas, spacegroups, labels):
         tasks=TASKS,
         element_index=torch.from_numpy(index),
         element_fraction=torch.from_numpy(fraction),
-        descriptors=torch.from_numpy(composition_descriptors(formulas)),
+        descriptors=torch.from_numpy(material_descriptors(formulas, spacegroups)),
         spacegroup=torch.tensor(spacegroups),
         labels=torch.tensor(labels, dtype=torch.float32),
         graph_index=torch.full((n,), -1),

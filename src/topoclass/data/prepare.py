@@ -22,14 +22,14 @@ from topoclass.data.clean import clean_materials
 from topoclass.data.featureset import FeatureSet, encode_labels
 from topoclass.data.records import Material, Reject
 from topoclass.data.registry import RawDataset, load_dataset
-from topoclass.features.composition import composition_descriptors, encode_compositions
+from topoclass.features.composition import encode_compositions, material_descriptors
 
 if TYPE_CHECKING:
     from topoclass.features.graph_store import GraphStore
 
 logger = logging.getLogger(__name__)
 
-FEATURIZER_VERSION = 2
+FEATURIZER_VERSION = 3
 
 
 @dataclass
@@ -137,7 +137,9 @@ def _featurize(
         tasks=cleaned.tasks,
         element_index=torch.from_numpy(element_index),
         element_fraction=torch.from_numpy(element_fraction),
-        descriptors=torch.from_numpy(composition_descriptors([m.formula for m in kept])),
+        descriptors=torch.from_numpy(
+            material_descriptors([m.formula for m in kept], [m.spacegroup for m in kept])
+        ),
         spacegroup=torch.tensor([m.spacegroup for m in kept], dtype=torch.long),
         labels=encode_labels([m.labels for m in kept], cleaned.tasks),
         graph_index=torch.tensor([graph_by_id.get(m.id, -1) for m in kept], dtype=torch.long),

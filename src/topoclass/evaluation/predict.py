@@ -19,7 +19,7 @@ from topoclass.data.prepare import attach_structures
 from topoclass.data.records import Material
 from topoclass.data.tables import read_table
 from topoclass.errors import ConfigError, DataError
-from topoclass.features.composition import composition_descriptors, encode_compositions
+from topoclass.features.composition import encode_compositions, material_descriptors
 from topoclass.model.inference import raw_outputs, to_probabilities
 from topoclass.model.multitask import MultitaskModel
 from topoclass.train.averaging import inference_weights
@@ -94,6 +94,7 @@ def prediction_features(materials: list[Material], run: TrainedRun) -> FeatureSe
     if not usable:
         raise DataError("no usable materials to predict")
     formulas = [m.formula for m, _ in usable]
+    spacegroups = [m.spacegroup for m, _ in usable]
     element_index, element_fraction = encode_compositions(formulas)
     return FeatureSet(
         ids=[m.id for m, _ in usable],
@@ -101,8 +102,8 @@ def prediction_features(materials: list[Material], run: TrainedRun) -> FeatureSe
         tasks=run.tasks,
         element_index=torch.from_numpy(element_index),
         element_fraction=torch.from_numpy(element_fraction),
-        descriptors=torch.from_numpy(composition_descriptors(formulas)),
-        spacegroup=torch.tensor([m.spacegroup for m, _ in usable], dtype=torch.long),
+        descriptors=torch.from_numpy(material_descriptors(formulas, spacegroups)),
+        spacegroup=torch.tensor(spacegroups, dtype=torch.long),
         labels=torch.full((len(usable), len(run.tasks)), float("nan")),
         graph_index=torch.tensor([row for _, row in usable], dtype=torch.long),
         graphs=store,

@@ -16,6 +16,8 @@ from functools import lru_cache
 import numpy as np
 from pymatgen.core import Composition, Element
 
+from topoclass.features.filling import NUM_FILLING_FACTS, filling_facts
+
 MAX_Z = 118  # every element pymatgen knows; missing properties are filled and flagged
 
 _SCALAR_PROPERTIES = (
@@ -33,7 +35,8 @@ _SCALAR_PROPERTIES = (
     "average_ionic_radius",
 )
 _BLOCKS = ("s", "p", "d", "f")
-NUM_DESCRIPTORS = 8
+NUM_FORMULA_FACTS = 8
+NUM_DESCRIPTORS = NUM_FORMULA_FACTS + NUM_FILLING_FACTS
 
 
 def _valence_shell_counts(element: Element) -> list[float]:
@@ -95,8 +98,13 @@ def parse_composition(formula: str) -> dict[int, float]:
     return {element.Z: float(amount) for element, amount in fractions.items()}
 
 
+def material_descriptors(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.ndarray:
+    """Whole-material facts, shape [N, NUM_DESCRIPTORS]: the formula's, then band filling's."""
+    return np.hstack([composition_descriptors(formulas), filling_facts(formulas, spacegroups)])
+
+
 def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
-    """Whole-formula facts that fractions lose, shape [N, NUM_DESCRIPTORS].
+    """Whole-formula facts that fractions lose, shape [N, NUM_FORMULA_FACTS].
 
     Electron-count parity matters physically: an odd number of electrons per
     cell cannot fill bands completely, so filling alone can enforce a
@@ -122,7 +130,7 @@ def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
                 len(composition) / 8,
             ]
         )
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_DESCRIPTORS)
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_FORMULA_FACTS)
 
 
 def encode_compositions(formulas: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

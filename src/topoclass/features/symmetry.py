@@ -24,7 +24,7 @@ _LAST_HALL_NUMBER = 530
 
 
 @lru_cache(maxsize=1)
-def _representative_hall_numbers() -> dict[int, int]:
+def representative_hall_numbers() -> dict[int, int]:
     """Space-group number -> the first (standard) Hall setting spglib lists for it."""
     hall: dict[int, int] = {}
     for hall_number in range(1, _LAST_HALL_NUMBER + 1):
@@ -71,7 +71,7 @@ def _build_spacegroup_table() -> np.ndarray:
     point_groups = _point_group_symbols()
     rows = [np.zeros(0)]
     for number in range(1, NUM_SPACEGROUPS + 1):
-        hall_number = _representative_hall_numbers()[number]
+        hall_number = representative_hall_numbers()[number]
         sg_type = spglib.get_spacegroup_type(hall_number)
         rotations = spglib.get_symmetry_from_database(hall_number)["rotations"]
         unique_rotations = np.unique(rotations.reshape(len(rotations), -1), axis=0).reshape(-1, 3, 3)

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from topoclass.features.filling import NUM_FILLING_FACTS, filling_facts, wyckoff_multiplicities
+from topoclass.features.symmetry import spacegroup_feature_table
+
+UNITS, ODD, _, _, SMALLEST_SITE, FILLABLE, SHARE_FILLABLE = range(NUM_FILLING_FACTS)
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        (1, (1,)),
+        (62, (4, 8)),  # Pnma: 4c on mirrors, general 8d
+        (199, (4, 6, 12)),  # I2_13: 8a, 12b, 24c in the body-centred cell
+        (225, (1, 2, 6, 8, 12, 24, 48)),  # Fm-3m
+        (227, (2, 4, 8, 12, 24, 48)),  # Fd-3m: no site holds a lone atom
+    ],
+)
+def test_multiplicities_of_known_groups(number, expected):
+    assert wyckoff_multiplicities(number) == expected
+
+
+def test_a_single_atom_site_exists_exactly_in_symmorphic_groups():
+    # Two independent derivations must agree: the full symbols (no screw, no glide)
+    # and the orbits (some point is fixed by a whole set of coset representatives).
+    table = spacegroup_feature_table()
+    symmorphic = {n for n in range(1, 231) if table[n, -2] == 0 and table[n, -1] == 0}
+    single_site = {n for n in range(1, 231) if wyckoff_multiplicities(n)[0] == 1}
+    assert len(symmorphic) == 73
+    assert single_site == symmorphic
+
+
+def test_general_position_has_one_atom_per_point_operation():
+    point_operations = np.exp(spacegroup_feature_table()[1:, -4] * np.log(48))
+    largest = [wyckoff_multiplicities(n)[-1] for n in range(1, 231)]
+    np.testing.assert_allclose(largest, point_operations, rtol=1e-4)
+
+
+def test_filling_facts_of_known_materials():
+    formulas = ["Bi2Se3", "Cu", "Si", "Ge2Pt2Y"]
+    facts = filling_facts(formulas, [166, 225, 227, 4])
+    assert facts.shape == (4, NUM_FILLING_FACTS)
+    # Bi2Se3 (R-3m): one formula unit per primitive cell, 268 electrons: can be an insulator.
+    assert facts[0, UNITS] == 0 and facts[0, FILLABLE] == 1
+    # Copper: an odd electron count never fills Kramers-paired bands.
+    assert facts[1, ODD] == 1 and facts[1, FILLABLE] == 0
+    # Silicon in diamond needs two atoms per cell (the smallest Fd-3m site), 28 electrons.
+    assert facts[2, UNITS] == 1 and facts[2, SMALLEST_SITE] == 1 and facts[2, FILLABLE] == 1
+    # Ge2Pt2Y in P2_1 (only the 2-fold general position): two formula units, 518 electrons,
+    # and 259 Kramers pairs cannot be a sum of 2-fold sites: filling forces a semimetal.
+    assert facts[3, UNITS] == 1 and facts[3, ODD] == 0 and facts[3, FILLABLE] == 0
+    assert facts[3, SHARE_FILLABLE] == pytest.approx(0.5)
+
+
+def test_lengths_must_match():
+    with pytest.raises(ValueError):
+        filling_facts(["NaCl", "Si"], [225])
