@@ -56,3 +56,46 @@ def test_filling_facts_of_known_materials():
 def test_lengths_must_match():
     with pytest.raises(ValueError):
         filling_facts(["NaCl", "Si"], [225])
+
+
+def _lattice_for(number: int):
+    from pymatgen.core import Lattice
+
+    if number <= 2:
+        return Lattice.from_parameters(9, 10, 11, 80, 85, 95)
+    if number <= 15:
+        return Lattice.monoclinic(9, 10, 11, 100)
+    if number <= 74:
+        return Lattice.orthorhombic(9, 10, 11)
+    if number <= 142:
+        return Lattice.tetragonal(9, 11)
+    if number <= 194:
+        return Lattice.hexagonal(9, 11)
+    return Lattice.cubic(12)
+
+
+def test_smallest_cell_never_exceeds_the_real_one():
+    # Random crystals: atoms on random points of random groups. The filling facts assume
+    # the smallest cell whose atoms fit on Wyckoff positions; a real cell can be larger
+    # but never smaller, or a multiplicity would be missing from the table.
+    from pymatgen.core import Structure
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    rng = np.random.default_rng(7)
+    checked, exact_above_one = 0, 0
+    for number in rng.choice(np.arange(1, 231), size=40, replace=False):
+        species = list(rng.choice(["Na", "Cl", "Bi", "Se"], size=int(rng.integers(1, 4)), replace=False))
+        # Special positions (0 or 1/2 coordinates) as well as general ones.
+        coords = [np.where(rng.random(3) < 0.4, rng.choice([0.0, 0.5], 3), rng.random(3)) for _ in species]
+        crystal = Structure.from_spacegroup(int(number), _lattice_for(int(number)), species, coords)
+        analyzer = SpacegroupAnalyzer(crystal, symprec=1e-3)
+        primitive = analyzer.find_primitive()
+        reduced = primitive.composition.reduced_composition
+        real_units = primitive.composition.num_atoms / reduced.num_atoms
+        facts = filling_facts([reduced.formula], [analyzer.get_space_group_number()])
+        smallest = np.rint(2.0 ** facts[0, UNITS])
+        assert smallest <= real_units, (number, species, coords)
+        checked += 1
+        exact_above_one += bool(smallest == real_units > 1)
+    assert checked == 40
+    assert exact_above_one >= 5  # the bound is tight, not trivially 1
