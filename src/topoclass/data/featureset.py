@@ -29,7 +29,7 @@ class FeatureSet:
     tasks: list[TaskConfig]
     element_index: torch.Tensor  # [N, E] atomic numbers, 0 = padding
     element_fraction: torch.Tensor  # [N, E]
-    descriptors: torch.Tensor  # [N, D] whole-formula facts (counts, electron parity)
+    descriptors: torch.Tensor  # [N, D] whole-material facts (counts, electron parity, band filling)
     spacegroup: torch.Tensor  # [N] 1..230
     labels: torch.Tensor  # [N, T] class index or value; NaN = missing
     graph_index: torch.Tensor  # [N] row in `graphs`, -1 = no structure
