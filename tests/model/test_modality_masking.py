@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import StructureRef
-from topoclass.features.composition import encode_compositions, material_descriptors
+from topoclass.features.composition import NUM_FORMULA_FACTS, encode_compositions, material_descriptors
 from topoclass.features.structure_pipeline import featurize_structures
 from topoclass.model.multitask import MultitaskModel
 
@@ -41,12 +41,12 @@ def _features() -> FeatureSet:
     )
 
 
-def _model() -> MultitaskModel:
+def _model(use_structure: bool = True) -> MultitaskModel:
     torch.manual_seed(0)
     config = ModelConfig(
         hidden_dim=16, element_embedding_dim=8, spacegroup_embedding_dim=8, composition_heads=2
     )
-    return MultitaskModel(config, TASKS, use_structure=True, graph=GRAPH).eval()
+    return MultitaskModel(config, TASKS, use_structure=use_structure, graph=GRAPH).eval()
 
 
 def test_formula_only_prediction_unchanged_by_structured_batch_mates():
@@ -75,3 +75,14 @@ def test_missing_structure_is_not_a_zero_structure():
     zero_filled = model(fake)["topo_class"]
     model.structure.forward = original
     assert not torch.allclose(masked, zero_filled, atol=1e-4)
+
+
+def test_filling_facts_are_read_only_without_structures():
+    """A structure model knows the real cell; the assumed one must not reach it."""
+    features = _features()
+    batch = features.batch(torch.arange(3), with_graphs=True)
+    altered = dict(batch, descriptors=batch["descriptors"].clone())
+    altered["descriptors"][:, NUM_FORMULA_FACTS:] = 1.0 - altered["descriptors"][:, NUM_FORMULA_FACTS:]
+    structure_model, formula_model = _model(use_structure=True), _model(use_structure=False)
+    assert torch.equal(structure_model(batch)["topo_class"], structure_model(altered)["topo_class"])
+    assert not torch.allclose(formula_model(batch)["topo_class"], formula_model(altered)["topo_class"])

@@ -20,13 +20,13 @@ import torch
 
 from topoclass.data.featureset import FeatureSet
 from topoclass.evaluation.metrics import evaluate_tasks
-from topoclass.features.composition import MAX_Z, element_property_table
+from topoclass.features.composition import MAX_Z, descriptors_read, element_property_table
 from topoclass.features.symmetry import spacegroup_feature_table
 
 logger = logging.getLogger(__name__)
 
 
-def baseline_features(features: FeatureSet) -> np.ndarray:
+def baseline_features(features: FeatureSet, *, use_structure: bool = False) -> np.ndarray:
     """Fixed-length descriptor per material, [N, D]: what the neural encoders see, flattened."""
     index = features.element_index.numpy()
     fraction = features.element_fraction.numpy().astype(np.float64)
@@ -48,7 +48,7 @@ def baseline_features(features: FeatureSet) -> np.ndarray:
             largest,
             smallest,
             largest - smallest,
-            features.descriptors.numpy(),
+            features.descriptors[:, : descriptors_read(use_structure)].numpy(),
             spacegroup[:, None],
             spacegroup_feature_table()[spacegroup],
         ]
@@ -72,9 +72,10 @@ def fit_and_evaluate_baseline(
     seed: int = 0,
     eval_split: str = "test",
     with_cell_facts: bool = False,
+    use_structure: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Fit one boosted-tree model per task on train (early-stopped on val); metrics on ``eval_split``."""
-    x = baseline_features(features)
+    x = baseline_features(features, use_structure=use_structure)
     if with_cell_facts:
         x = np.hstack([x, cell_fact_features(features)]).astype(np.float32)
     labels = features.labels.numpy()

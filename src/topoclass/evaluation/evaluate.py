@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -48,15 +49,17 @@ def _baselines(
     config: Config, data: PreparedDataset, split: dict[str, torch.Tensor], split_name: str
 ) -> dict[str, Any]:
     """The tree baseline, plus one that also gets the cell facts when the run uses structures."""
-    results = {
-        "baseline": fit_and_evaluate_baseline(
-            data.features, split, seed=config.train.seed, eval_split=split_name
-        )
-    }
+    fit = functools.partial(
+        fit_and_evaluate_baseline,
+        data.features,
+        split,
+        seed=config.train.seed,
+        eval_split=split_name,
+        use_structure=config.data.use_structure,  # the same descriptor columns as the network
+    )
+    results = {"baseline": fit()}
     if config.data.use_structure and data.features.graphs is not None:
-        results["baseline_cell_facts"] = fit_and_evaluate_baseline(
-            data.features, split, seed=config.train.seed, eval_split=split_name, with_cell_facts=True
-        )
+        results["baseline_cell_facts"] = fit(with_cell_facts=True)
     return results
 
 
