@@ -85,9 +85,9 @@ def filling_facts(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.nda
     """Band-filling facts per material, shape [N, NUM_FILLING_FACTS].
 
     Columns: log2 of the smallest consistent formula units per primitive cell,
-    electrons in that cell modulo 2, 4 and 8,
-    log2 of the smallest Wyckoff multiplicity, whether that cell's electrons can fill
-    bands, and the share of the consistent cells up to four times as large that can.
+    electrons in that cell modulo 2, 4 and 8, log2 of the smallest Wyckoff
+    multiplicity, whether that cell's electrons can fill bands, and the share of
+    the consistent cells up to four times as large that can.
     """
     rows = [_facts(formula, int(number)) for formula, number in zip(formulas, spacegroups, strict=True)]
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_FILLING_FACTS)
