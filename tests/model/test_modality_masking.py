@@ -58,8 +58,9 @@ def test_formula_only_prediction_unchanged_by_structured_batch_mates():
 
 def test_structure_changes_the_prediction_when_present():
     features, model = _features(), _model()
-    with_graph = model(features.batch(torch.tensor([1]), with_graphs=True))["topo_class"]
-    without = model(features.batch(torch.tensor([1]), with_graphs=False))["topo_class"]
+    batch = features.batch(torch.tensor([1]), with_graphs=True)
+    with_graph = model(batch)["topo_class"]
+    without = model({k: v for k, v in batch.items() if k not in ("graph", "graph_rows")})["topo_class"]
     assert not torch.allclose(with_graph, without, atol=1e-4)
 
 
@@ -77,12 +78,27 @@ def test_missing_structure_is_not_a_zero_structure():
     assert not torch.allclose(masked, zero_filled, atol=1e-4)
 
 
-def test_filling_facts_are_read_only_without_structures():
-    """A structure model knows the real cell; the assumed one must not reach it."""
-    features = _features()
-    batch = features.batch(torch.arange(3), with_graphs=True)
-    altered = dict(batch, descriptors=batch["descriptors"].clone())
-    altered["descriptors"][:, NUM_FORMULA_FACTS:] = 1.0 - altered["descriptors"][:, NUM_FORMULA_FACTS:]
+def test_filling_facts_reach_a_model_only_for_materials_without_a_structure():
+    """A structure gives the real cell; the assumed one must not reach the model beside it."""
+    features = _features()  # row 0 has no structure, rows 1 and 2 have one
+    altered = FeatureSet(**{**vars(features), "descriptors": features.descriptors.clone()})
+    altered.descriptors[:, NUM_FORMULA_FACTS:] = 1.0 - altered.descriptors[:, NUM_FORMULA_FACTS:]
+    rows = torch.arange(3)
     structure_model, formula_model = _model(use_structure=True), _model(use_structure=False)
-    assert torch.equal(structure_model(batch)["topo_class"], structure_model(altered)["topo_class"])
-    assert not torch.allclose(formula_model(batch)["topo_class"], formula_model(altered)["topo_class"])
+    before = structure_model(features.batch(rows, with_graphs=True))["topo_class"]
+    after = structure_model(altered.batch(rows, with_graphs=True))["topo_class"]
+    assert torch.equal(before[1:], after[1:])
+    assert not torch.allclose(before[0], after[0])
+    before = formula_model(features.batch(rows, with_graphs=False))["topo_class"]
+    after = formula_model(altered.batch(rows, with_graphs=False))["topo_class"]
+    assert not torch.allclose(before, after)
+
+
+def test_descriptors_read_flag_the_materials_whose_filling_is_assumed():
+    features = _features()
+    read = features.descriptors_read(torch.arange(3), with_graphs=True)
+    assert read.shape[1] == features.descriptors.shape[1] + 1
+    assert read[:, -1].tolist() == [1.0, 0.0, 0.0]
+    assert torch.equal(read[0, :-1], features.descriptors[0])
+    assert not read[1:, NUM_FORMULA_FACTS:].any()
+    assert torch.equal(features.descriptors_read(torch.arange(3), with_graphs=False), features.descriptors)

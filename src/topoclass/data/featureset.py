@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from topoclass.config import TaskConfig
+from topoclass.features.composition import NUM_FORMULA_FACTS
 
 if TYPE_CHECKING:
     from topoclass.features.graph_store import GraphStore
@@ -47,7 +48,7 @@ class FeatureSet:
         batch: dict[str, Any] = {
             "element_index": self.element_index[rows],
             "element_fraction": self.element_fraction[rows],
-            "descriptors": self.descriptors[rows],
+            "descriptors": self.descriptors_read(rows, with_graphs=with_graphs),
             "spacegroup": self.spacegroup[rows],
             "labels": self.labels[rows],
         }
@@ -58,6 +59,23 @@ class FeatureSet:
                 batch["graph"] = self.graphs.batch(graph_rows[present].tolist())
                 batch["graph_rows"] = present
         return batch
+
+    def descriptors_read(self, rows: torch.Tensor, *, with_graphs: bool) -> torch.Tensor:
+        """The descriptors a model (neural or trees) reads: [B, D], plus a flag column with graphs.
+
+        The band-filling facts assume the smallest plausible cell. Where a structure gives
+        the real cell, its electron count reaches the model as cell facts and the
+        assumption would only contradict it (for about one material in five), so there
+        they are zeroed; the flag marks the materials that keep them.
+        """
+        descriptors = self.descriptors[rows]
+        if not with_graphs:
+            return descriptors
+        assumed = (self.graph_index[rows] < 0) | (self.graphs is None)
+        flag = assumed.to(descriptors.dtype).unsqueeze(1)
+        return torch.cat(
+            [descriptors[:, :NUM_FORMULA_FACTS], descriptors[:, NUM_FORMULA_FACTS:] * flag, flag], dim=1
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat tensor dict for the cache (graphs prefixed with ``graph.``)."""

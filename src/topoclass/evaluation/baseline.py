@@ -20,7 +20,7 @@ import torch
 
 from topoclass.data.featureset import FeatureSet
 from topoclass.evaluation.metrics import evaluate_tasks
-from topoclass.features.composition import MAX_Z, descriptors_read, element_property_table
+from topoclass.features.composition import MAX_Z, element_property_table
 from topoclass.features.symmetry import spacegroup_feature_table
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def baseline_features(features: FeatureSet, *, use_structure: bool = False) -> n
             largest,
             smallest,
             largest - smallest,
-            features.descriptors[:, : descriptors_read(use_structure)].numpy(),
+            features.descriptors_read(torch.arange(n), with_graphs=use_structure).numpy(),
             spacegroup[:, None],
             spacegroup_feature_table()[spacegroup],
         ]

@@ -103,16 +103,6 @@ def material_descriptors(formulas: Sequence[str], spacegroups: Sequence[int]) ->
     return np.hstack([composition_descriptors(formulas), filling_facts(formulas, spacegroups)])
 
 
-def descriptors_read(use_structure: bool) -> int:
-    """How many leading descriptor columns a model (neural or trees) reads.
-
-    The filling facts assume the smallest plausible cell. With crystal structures the
-    real cell is known and its electron count reaches the model as cell facts, so the
-    assumption would only contradict it (for about one material in five): it is left out.
-    """
-    return NUM_FORMULA_FACTS if use_structure else NUM_DESCRIPTORS
-
-
 def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
     """Whole-formula facts that fractions lose, shape [N, NUM_FORMULA_FACTS].
 

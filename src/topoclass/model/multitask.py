@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
-from topoclass.features.composition import descriptors_read
+from topoclass.features.composition import NUM_DESCRIPTORS
 from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
 from topoclass.model.heads import TaskHeads
 
@@ -34,13 +34,13 @@ class MultitaskModel(nn.Module):
         super().__init__()
         self.task_names = [task.name for task in tasks]
         hidden = config.hidden_dim
-        self.num_descriptors = descriptors_read(use_structure)
         self.composition = CompositionEncoder(
             config.element_embedding_dim,
             hidden,
             config.composition_heads,
             config.dropout,
-            num_descriptors=self.num_descriptors,
+            # With structures, a flag says whose band-filling facts are assumed (FeatureSet.descriptors_read).
+            num_descriptors=NUM_DESCRIPTORS + int(use_structure),
         )
         self.symmetry = SymmetryEncoder(config.spacegroup_embedding_dim, hidden, config.dropout)
         self.structure: nn.Module | None = None
@@ -77,11 +77,7 @@ class MultitaskModel(nn.Module):
     def embed(self, batch: dict[str, Any]) -> torch.Tensor:
         """Fused material embeddings [B, hidden]."""
         tokens = [
-            self.composition(
-                batch["element_index"],
-                batch["element_fraction"],
-                batch["descriptors"][:, : self.num_descriptors],
-            ),
+            self.composition(batch["element_index"], batch["element_fraction"], batch["descriptors"]),
             self.symmetry(batch["spacegroup"]),
         ]
         size = tokens[0].shape[0]
