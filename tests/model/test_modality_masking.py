@@ -1,13 +1,17 @@
-"""A missing structure is masked out of fusion, never treated as a real (zero) structure."""
+"""A missing structure is masked out of fusion, never treated as a real (zero) structure,
+and the band-filling facts assumed from a formula reach a model only where no structure
+gives the real cell."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import StructureRef
+from topoclass.evaluation.baseline import baseline_features, cell_fact_features
 from topoclass.features.composition import NUM_FORMULA_FACTS, encode_compositions, material_descriptors
 from topoclass.features.structure_pipeline import featurize_structures
 from topoclass.model.multitask import MultitaskModel
@@ -102,3 +106,15 @@ def test_descriptors_read_flag_the_materials_whose_filling_is_assumed():
     assert torch.equal(read[0, :-1], features.descriptors[0])
     assert not read[1:, NUM_FORMULA_FACTS:].any()
     assert torch.equal(features.descriptors_read(torch.arange(3), with_graphs=False), features.descriptors)
+
+
+def test_trees_read_the_descriptors_the_network_reads():
+    """The baseline of a structure run gets the same per-material filling rule, plus cell facts."""
+    features = _features()
+    with_structures = baseline_features(features, use_structure=True)
+    formula_only = baseline_features(features, use_structure=False)
+    assert with_structures.shape[1] == formula_only.shape[1] + 1
+    read = features.descriptors_read(torch.arange(3), with_graphs=True).numpy()
+    assert any(np.array_equal(column, read[:, -1]) for column in with_structures.T)
+    cells = cell_fact_features(features)
+    assert np.isnan(cells[0]).all() and np.isfinite(cells[1:]).all()
