@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,10 +42,20 @@ def main() -> None:
         "--set",
         "train.progress_bar=false",
     ]
+    runs = tuple(args.out / f"{args.dataset}-{kind}" for kind in ("composition", "structure"))
+    results = compare_modalities(common, runs, ("composition+symmetry", "multimodal (+structure)"), env)
+    print(format_results_table(results))
+
+
+def compare_modalities(
+    train_args: list[str], runs: tuple[Path, Path], names: tuple[str, str], env: dict[str, str]
+) -> dict[str, dict]:
+    """Train into fresh run folders without, then with structures; test metrics of both networks and of
+    the two tree references (fitted in the structure run's evaluation)."""
     results = {}
-    for name, extra in (("composition+symmetry", []), ("multimodal (+structure)", ["--use-structure"])):
-        run = args.out / f"{args.dataset}-{'structure' if extra else 'composition'}"
-        _, seconds = topoclass(["-q", "train", *common, *extra, "--run-dir", str(run)], env)
+    for name, run, extra in zip(names, runs, ([], ["--use-structure"]), strict=True):
+        shutil.rmtree(run, ignore_errors=True)
+        _, seconds = topoclass(["-q", "train", *train_args, *extra, "--run-dir", str(run)], env)
         print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
         topoclass(["-q", "evaluate", str(run), *([] if extra else ["--no-baseline"])], env)
         metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
@@ -52,7 +63,7 @@ def main() -> None:
         if "baseline" in metrics:
             results["gradient boosting"] = metrics["baseline"]
             results["gradient boosting + cell facts"] = metrics["baseline_cell_facts"]
-    print(format_results_table(results))
+    return results
 
 
 if __name__ == "__main__":

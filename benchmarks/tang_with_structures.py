@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import yaml
-from cli_runner import topoclass
+from compare_models import compare_modalities
 
 from topoclass.config import load_config
 from topoclass.data.clean import formula_key
@@ -83,19 +81,9 @@ def main() -> None:
     )
     common = ["--config", str(config), "--epochs", str(args.epochs), "--resume", "never"]
     common += ["--set", "train.progress_bar=false"]
-    results = {}
-    for name, extra in (("formula + space group", []), ("with structures", ["--use-structure"])):
-        run = args.out / ("structure" if extra else "composition")
-        shutil.rmtree(run, ignore_errors=True)
-        _, seconds = topoclass(["-q", "train", *common, *extra, "--run-dir", str(run)], env)
-        print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
-        topoclass(["-q", "evaluate", str(run), *([] if extra else ["--no-baseline"])], env)
-        metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
-        results[f"network, {name}"] = metrics["neural"]
-        if "baseline" in metrics:
-            results["gradient boosting"] = metrics["baseline"]
-            results["gradient boosting + cell facts"] = metrics["baseline_cell_facts"]
-    print(format_results_table(results))
+    runs = (args.out / "composition", args.out / "structure")
+    names = ("network, formula + space group", "network, with structures")
+    print(format_results_table(compare_modalities(common, runs, names, env)))
 
 
 if __name__ == "__main__":
