@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA_DIR, run_cli
+from tests.helpers import DATA_DIR, run_cli
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from tests.conftest import SYNTHETIC_CONFIG, write_synthetic_table
+    from tests.helpers import SYNTHETIC_CONFIG, write_synthetic_table
 
     tmp = tmp_path_factory.mktemp("cli")
     table = write_synthetic_table(tmp / "materials.csv", 200)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 PROTOTYPES = [  # (space group, species, fractional sites)
     ("Fm-3m", ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),

@@ -1,8 +1,9 @@
 """Command line: parse, build the config, make one call per verb.
 
-User errors (bad config, bad data, unusable checkpoints) print one line and
-exit with code 2; a training run stopped by a signal exits with 75 and can be
-resumed; anything else is a bug and keeps its traceback.
+User errors (bad config, bad data, unusable checkpoints, places that cannot be
+written) print one line and exit with code 2; a training run stopped by a
+signal exits with 75 and can be resumed; a failed verification exits with 1;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from topoclass.config import Config, load_config, parse_override
 from topoclass.errors import TopoclassError
 
 EXIT_USER_ERROR = 2
+EXIT_VERIFY_FAILED = 1
 
 # Common options of `train` and `baseline`, as (flag, dotted config key, type, help).
 _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
@@ -33,6 +35,7 @@ _CONFIG_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--seed", "train.seed", int, "random seed"),
     ("--device", "train.device", str, "auto, cpu, cuda, cuda:1 ..."),
 ]
+_ACCEPT_HELP = "continue although the data changed since the run started (the change is logged)"
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -64,28 +67,35 @@ def _config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from topoclass.train.run import run_training
+    from topoclass.app.training import run_training
 
-    return run_training(_config_from_args(args))
+    return run_training(_config_from_args(args), accept_data_change=args.accept_data_change)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from topoclass.train.run import run_training
+    from topoclass.app.runs import RunLayout
+    from topoclass.app.training import run_training
 
-    config = load_config(args.run / "config.yaml", {"checkpoint.resume": "auto", "run_dir": str(args.run)})
-    return run_training(config)
+    config = RunLayout.open(args.run).read_config()
+    config.checkpoint.resume = "auto"
+    return run_training(config, accept_data_change=args.accept_data_change)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from topoclass.evaluation.evaluate import evaluate_run
+    from topoclass.app.evaluate import evaluate_run
 
-    _, table = evaluate_run(args.run, with_baseline=not args.no_baseline, split_name=args.split)
+    _, table = evaluate_run(
+        args.run,
+        with_baseline=not args.no_baseline,
+        split_name=args.split,
+        accept_data_change=args.accept_data_change,
+    )
     print(table)
     return 0
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from topoclass.evaluation.evaluate import run_baseline
+    from topoclass.app.evaluate import run_baseline
 
     _, table = run_baseline(_config_from_args(args))
     print(table)
@@ -93,51 +103,64 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from topoclass.app.predict import load_run, predict_materials, rows_to_csv, table_materials
     from topoclass.data.records import Material
-    from topoclass.evaluation.predict import (
-        load_run,
-        predict,
-        prediction_features,
-        rows_to_csv,
-        table_materials,
-    )
+    from topoclass.files import atomic_write
 
-    run = load_run(args.run)
+    one = args.formula is not None or args.spacegroup is not None
+    if args.table is not None and one:
+        raise TopoclassError("predict takes --table or --formula with --spacegroup, not both")
     if args.table is not None:
-        materials = table_materials(args.table)
+        materials, unreadable = table_materials(args.table)
     elif args.formula is not None and args.spacegroup is not None:
         materials = [
             Material(id=args.formula, formula=args.formula, spacegroup=args.spacegroup, source="--formula")
         ]
+        unreadable = []
     else:
         raise TopoclassError("predict needs --formula and --spacegroup, or --table")
-    text = rows_to_csv(predict(run, prediction_features(materials, run)))
-    if args.output is not None:
-        args.output.write_text(text)
-        print(f"Predictions for {len(materials)} materials written to {args.output}")
-    else:
+    result = predict_materials(load_run(args.run), materials)
+    skipped = [*unreadable, *result.skipped]
+    for reject in skipped:
+        logging.getLogger("topoclass.predict").warning("%s: %s; skipped", reject.source, reject.reason)
+    if not result.rows:
+        raise TopoclassError(f"no usable materials to predict ({len(skipped)} skipped)")
+    text = rows_to_csv(result.rows)
+    if args.output is None:
         print(text, end="")
+        return 0
+    atomic_write(args.output, text)
+    note = f" ({len(skipped)} skipped)" if skipped else ""
+    print(f"Predictions for {len(result.rows)} materials written to {args.output}{note}")
     return 0
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
+    from topoclass.app.runs import checkpoint_target
     from topoclass.checkpoint import catalog
 
-    if args.action == "list":
-        for info in catalog.list_checkpoints(_checkpoint_dir(args.path)):
-            print(catalog.format_info(info))
-        return 0
-    if args.action == "verify":
-        infos = catalog.verify_checkpoints(_checkpoint_dir(args.path))
+    target = checkpoint_target(args.path)
+    if args.action in ("list", "verify"):
+        if target.checkpoint is not None:
+            infos = [catalog.describe_checkpoint(target.checkpoint)]
+        elif args.action == "list":
+            infos = catalog.list_checkpoints(target.directory)
+        else:
+            infos = catalog.verify_checkpoints(target.directory)
         for info in infos:
             print(catalog.format_info(info))
-        return 0 if all(info.verified for info in infos) else 1
+        bad = [info for info in infos if not info.verified]
+        if not infos:
+            print(f"topoclass: no checkpoint in {target.directory}", file=sys.stderr)
+        elif bad and args.action == "verify":
+            print(f"topoclass: {len(bad)} of {len(infos)} checkpoints failed verification", file=sys.stderr)
+        return EXIT_VERIFY_FAILED if args.action == "verify" and (bad or not infos) else 0
+    path = target.single(prefer_best=True)
     if args.action == "inspect":
-        print(json.dumps(catalog.inspect_checkpoint(args.path), indent=2, default=str))
+        print(json.dumps(catalog.inspect_checkpoint(path), indent=2, default=str))
         return 0
-    has_average = "averaged_model" in catalog.inspect_checkpoint(args.path).get("state_keys", [])
-    catalog.export_weights(args.path, args.output, key="averaged_model" if has_average else "model")
-    print(f"Model weights written to {args.output}")
+    which = catalog.export_weights(path, args.output)
+    print(f"Model weights ({which}) of {path} written to {args.output}")
     return 0
 
 
@@ -167,11 +190,6 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_dir(path: Path) -> Path:
-    """A run directory or a checkpoint directory, as the user prefers to name it."""
-    return path / "checkpoints" if (path / "config.yaml").exists() else path
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topoclass",
@@ -187,18 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="auto|ask|never|PATH",
         help="resume from the latest checkpoint (auto), ask first (default on a terminal), start over "
-        "(never; the old run is moved aside), or resume from a given checkpoint",
+        "(never; the old run is moved aside), or continue from a given checkpoint (a checkpoint "
+        "directory, best, latest, or a run), also into a new --run-dir",
     )
+    train.add_argument("--accept-data-change", action="store_true", help=_ACCEPT_HELP)
     train.set_defaults(func=_cmd_train)
 
     resume = verbs.add_parser("resume", help="resume a stopped run with its saved config")
     resume.add_argument("run", type=Path)
+    resume.add_argument("--accept-data-change", action="store_true", help=_ACCEPT_HELP)
     resume.set_defaults(func=_cmd_resume)
 
     evaluate = verbs.add_parser("evaluate", help="test-split metrics and figures of a run")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("--no-baseline", action="store_true", help="skip the gradient-boosting baseline")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--accept-data-change", action="store_true", help=_ACCEPT_HELP)
     evaluate.set_defaults(func=_cmd_evaluate)
 
     baseline = verbs.add_parser("baseline", help="gradient-boosted trees on the same features and split")
@@ -215,17 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     checkpoints = verbs.add_parser("checkpoints", help="list, verify, inspect or export checkpoints")
     actions = checkpoints.add_subparsers(dest="action", required=True)
+    where = "a run, a checkpoint directory, one checkpoint, best, or latest"
     for name, text in (
-        ("list", "checkpoints of a run"),
-        ("verify", "verify every checkpoint (exit 1 if any is bad)"),
+        ("list", "checkpoints with epoch, step, size, time and verification (each file re-hashed)"),
+        ("verify", "verify every checkpoint: exit 1 if any is bad or none is found"),
+        ("inspect", "config and history summary of one checkpoint (a run's best by default)"),
+        ("export", "write the model weights alone as safetensors (a run's best by default)"),
     ):
         sub = actions.add_parser(name, help=text)
-        sub.add_argument("path", type=Path, help="run directory or checkpoint directory")
-    inspect = actions.add_parser("inspect", help="config and history summary of one checkpoint")
-    inspect.add_argument("path", type=Path)
-    export = actions.add_parser("export", help="write the model weights alone as safetensors")
-    export.add_argument("path", type=Path)
-    export.add_argument("output", type=Path)
+        sub.add_argument("path", type=Path, help=where)
+        if name == "export":
+            sub.add_argument("output", type=Path, help="the .safetensors file to write")
     checkpoints.set_defaults(func=_cmd_checkpoints)
 
     cache = verbs.add_parser("cache", help="list or prune the featurization cache")
@@ -248,13 +270,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Progress goes to stdout, except for verbs whose stdout is data (predictions as CSV).
     stream = sys.stderr if args.verb == "predict" else sys.stdout
+    # Batch-job logs are read hours later: every line says when and how serious.
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=stream
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=stream,
     )
     try:
-        return args.func(args)
+        return int(args.func(args))
     except TopoclassError as exc:
         print(f"topoclass: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # The environment refused (permissions, a full disk, a missing folder): not a bug to trace.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"topoclass: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("topoclass: interrupted", file=sys.stderr)

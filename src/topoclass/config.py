@@ -1,29 +1,51 @@
 """One validated configuration tree.
 
 Every setting has a default; unknown keys and wrong types are errors that name
-the key. The resolved config is saved with every run and every checkpoint, and
-its hash identifies the settings that produced a run.
+the key. Counts are strict integers (``true`` is not 1) and no number may be NaN
+or infinite. The resolved config is saved with every run and every checkpoint,
+and its hash identifies the settings that produced a run. Keys renamed by a
+release keep loading, with a warning that names the new key.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from topoclass.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 DATA_DIR_ENV = "TOPOCLASS_DATA_DIR"
 CACHE_DIR_ENV = "TOPOCLASS_CACHE_DIR"
+TASK_TYPES = ("classification", "regression")
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a number is expected, not a boolean")
+    return value
+
+
+# A number read from YAML: never a boolean, never NaN or infinite (the sections forbid those).
+Real = Annotated[float, BeforeValidator(_no_bool)]
+
+
+def Count(default: int, *, ge: int = 0, description: str | None = None) -> Any:
+    """A strict integer field: ``true`` and ``3.0`` are refused, not read as 1 and 3."""
+    return Field(default, ge=ge, strict=True, description=description)
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TaskConfig(_Section):
@@ -33,7 +55,7 @@ class TaskConfig(_Section):
     column: str | None = None
     type: Literal["classification", "regression"] = "classification"
     classes: list[str] | None = None
-    weight: float = Field(1.0, ge=0)
+    weight: Real = Field(1.0, ge=0)
     loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     class_weighting: bool = False
 
@@ -51,10 +73,10 @@ class TaskConfig(_Section):
 
 
 class SplitConfig(_Section):
-    train: float = Field(0.70, gt=0, lt=1)
-    val: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
-    seed: int = 0
+    train: Real = Field(0.70, gt=0, lt=1)
+    val: Real = Field(0.15, gt=0, lt=1)
+    test: Real = Field(0.15, gt=0, lt=1)
+    seed: int = Count(0)
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -64,11 +86,11 @@ class SplitConfig(_Section):
 
 
 class GraphConfig(_Section):
-    cutoff: float = Field(6.0, gt=0, description="neighbour cutoff radius in angstrom")
-    max_neighbors: int = Field(12, ge=1)
-    num_rbf: int = Field(32, ge=2)
-    spectral_k: int = Field(8, ge=1, description="smallest Laplacian eigenpairs kept")
-    symprec: float = Field(0.1, gt=0, description="spglib tolerance in angstrom")
+    cutoff: Real = Field(6.0, gt=0, description="neighbour cutoff radius in angstrom")
+    max_neighbors: int = Count(12, ge=1)
+    num_rbf: int = Count(32, ge=2)
+    spectral_k: int = Count(8, ge=1, description="smallest Laplacian eigenpairs kept")
+    symprec: Real = Field(0.1, gt=0, description="spglib tolerance in angstrom")
 
 
 class DataConfig(_Section):
@@ -83,7 +105,7 @@ class DataConfig(_Section):
     main_task: str | None = None
     use_structure: bool = False
     cache_dir: Path | None = None
-    featurize_workers: int = Field(0, ge=0, description="0 means one per CPU core")
+    featurize_workers: int = Count(0, description="0 means one per CPU core")
     split: SplitConfig = SplitConfig()
     graph: GraphConfig = GraphConfig()
 
@@ -103,43 +125,42 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    hidden_dim: int = Field(128, ge=4)
-    element_embedding_dim: int = Field(64, ge=2)
-    spacegroup_embedding_dim: int = Field(32, ge=2)
-    composition_heads: int = Field(4, ge=1)
-    fusion_layers: int = Field(2, ge=1)
-    graph_layers: int = Field(3, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    hidden_dim: int = Count(128, ge=4)
+    element_embedding_dim: int = Count(64, ge=2)
+    spacegroup_embedding_dim: int = Count(32, ge=2)
+    composition_heads: int = Count(4, ge=1)
+    fusion_layers: int = Count(2, ge=1)
+    graph_layers: int = Count(3, ge=1)
+    dropout: Real = Field(0.1, ge=0, lt=1)
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Count(30, ge=1)
+    batch_size: int = Count(128, ge=1)
+    lr: Real = Field(2e-3, gt=0)
+    weight_decay: Real = Field(1e-4, ge=0)
     scheduler: Literal["plateau", "cosine", "none"] = "cosine"
-    warmup_epochs: int = Field(2, ge=0)
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 disables")
-    patience: int = Field(10, ge=1, description="epochs without val-loss improvement before stopping")
-    focal_gamma: float = Field(2.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="for cross-entropy tasks")
-    ema_decay: float = Field(0.995, ge=0, lt=1, description="weight averaging for evaluation; 0 disables")
-    seed: int = 0
+    warmup_epochs: int = Count(2)
+    grad_clip: Real = Field(1.0, ge=0, description="max gradient norm; 0 disables")
+    patience: int = Count(10, ge=1, description="epochs without val-loss improvement before stopping")
+    focal_gamma: Real = Field(2.0, ge=0)
+    label_smoothing: Real = Field(0.0, ge=0, lt=1, description="for cross-entropy tasks")
+    ema_decay: Real = Field(0.995, ge=0, lt=1, description="weight averaging for evaluation; 0 disables")
+    seed: int = Count(0)
     device: str = "auto"
     deterministic: bool = True
     amp: bool = False
     progress_bar: bool = True
-    clear_caches_every_epochs: int = Field(
-        1, ge=0, description="empty in-memory feature caches (spectra) every N epochs; 0 never"
-    )
 
 
 class CheckpointConfig(_Section):
-    checkpoint_dir: Path | None = None
-    checkpoint_every_epochs: int = Field(5, ge=0, description="0 disables")
-    checkpoint_every_minutes: float = Field(30.0, ge=0, description="0 disables")
-    checkpoint_every_steps: int = Field(0, ge=0, description="0 disables")
-    keep_last: int = Field(3, ge=1)
+    """When checkpoints are written and kept; the checkpoint manager owns these decisions."""
+
+    dir: Path | None = Field(None, description="relative paths are inside the run directory")
+    every_epochs: int = Count(5, description="at the end of every N-th epoch; 0 disables")
+    every_minutes: Real = Field(30.0, ge=0, description="mid-epoch, by wall time; 0 disables")
+    every_steps: int = Count(0, description="mid-epoch, every N optimizer steps; 0 disables")
+    keep_last: int = Count(3, ge=1)
     resume: str = "default"
 
 
@@ -165,6 +186,16 @@ class Config(_Section):
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
+# Keys that a release renamed (old -> new) or retired (old -> None): old configs keep loading.
+RENAMED_KEYS: dict[str, str | None] = {
+    "checkpoint.checkpoint_dir": "checkpoint.dir",
+    "checkpoint.checkpoint_every_epochs": "checkpoint.every_epochs",
+    "checkpoint.checkpoint_every_minutes": "checkpoint.every_minutes",
+    "checkpoint.checkpoint_every_steps": "checkpoint.every_steps",
+    "train.clear_caches_every_epochs": None,
+}
+
+
 def _dotted_get(tree: dict[str, Any], dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):
@@ -172,10 +203,30 @@ def _dotted_get(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``tree`` with renamed keys moved to their new names, each with a warning."""
+    tree = copy.deepcopy(tree)
+    for old, new in RENAMED_KEYS.items():
+        section_name, key = old.split(".")
+        section = tree.get(section_name)
+        if not isinstance(section, dict) or key not in section:
+            continue
+        value = section.pop(key)
+        if new is None:
+            logger.warning("%s: %s is no longer used and is ignored", source, old)
+            continue
+        new_key = new.split(".")[1]
+        if new_key in section:
+            raise ConfigError(f"{source}: both {old} (its old name) and {new} are set; keep {new}")
+        section[new_key] = value
+        logger.warning("%s: %s is now called %s", source, old, new)
+    return tree
+
+
 def _format_validation_error(error: ValidationError, source: str) -> str:
     first = error.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
@@ -185,7 +236,7 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
 def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
     """Validate a nested dict; errors name the offending key."""
     try:
-        return Config.model_validate(tree)
+        return Config.model_validate(_migrate(tree, source))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
@@ -197,20 +248,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         path = Path(path)
         source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            raise ConfigError(f"{where}: not valid YAML") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        tree = loaded or {}
+        tree = read_yaml_mapping(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
     return config_from_dict(tree, source)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The mapping a YAML file holds; ConfigError naming the file (and line) otherwise."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return loaded or {}
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -235,9 +293,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def config_yaml(config: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

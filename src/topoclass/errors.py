@@ -41,8 +41,27 @@ class DataError(TopoclassError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class WriteError(TopoclassError):
+    """A file or directory could not be written (disk full, permission, read-only place...)."""
+
+    def __init__(self, path: str | Path, error: OSError) -> None:
+        self.path = Path(path)
+        self.errno = error.errno
+        self.reason = error.strerror or str(error)
+        super().__init__(f"cannot write {path}: {self.reason}")
+
+
 class CheckpointError(TopoclassError):
     """A checkpoint that cannot be written, read or trusted."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files do not match its manifest, or that was never committed."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
 
 
 class CheckpointLockedError(CheckpointError):

@@ -164,7 +164,8 @@ def test_training_state_reloads_into_fresh_objects_and_continues_bit_identically
         "scaler": scaler.state_dict(),
     }
     assert state["scaler"], "the grad scaler must be enabled for this test to mean anything"
-    storage.write_checkpoint(tmp_path / "ck", state, metadata={}, epoch=1, step=None)
+    with storage.CheckpointStorage() as writer:
+        writer.write(tmp_path / "ck", state, metadata={}, epoch=1, step=None)
     tree, _metadata = storage.read(tmp_path / "ck")
     snapshot = copy.deepcopy(state["optimizer"])
 

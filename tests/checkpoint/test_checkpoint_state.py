@@ -9,6 +9,7 @@ import torch
 
 from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag
 from topoclass.checkpoint.state import RNGState, Stateful
+from topoclass.config import CheckpointConfig
 from topoclass.errors import CheckpointError
 
 
@@ -34,16 +35,17 @@ def test_rng_state_restores_bit_exactly_through_a_checkpoint(tmp_path):
     _draw()  # leave cached Gaussians behind in both Python and NumPy
     random.gauss(0, 1)
     np.random.standard_normal()
-    manager = CheckpointManager(tmp_path)
-    manager.save(CheckpointTag(1), {"rng": RNGState().state_dict()}, metadata={})
-    expected = _draw()
+    with CheckpointManager(tmp_path, CheckpointConfig()) as manager:
+        manager.attach({"rng": RNGState()}, lambda tag: {})
+        manager.save(CheckpointTag(1))
+        expected = _draw()
 
-    random.seed(0)
-    np.random.seed(0)
-    torch.manual_seed(0)
-    loaded = manager.find_latest()
-    assert loaded is not None
-    RNGState().load_state_dict(loaded.state["rng"])
+        random.seed(0)
+        np.random.seed(0)
+        torch.manual_seed(0)
+        loaded = manager.find_latest()
+        assert loaded is not None
+        manager.restore(loaded)
     assert _draw() == expected
 
 

@@ -14,15 +14,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import KILL_SCRIPT
+from topoclass.app.runs import checkpoint_target
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import CheckpointManager
-from topoclass.errors import CheckpointError
+from topoclass.config import CheckpointConfig
+from topoclass.errors import CheckpointError, DamagedCheckpointError
 
 TREE = {"weights": torch.arange(6.0).reshape(2, 3), "counters": {"epoch": 3, 0: [1, 2]}}
 
 
 def _write(path: Path, tree=TREE, **kwargs) -> Path:
-    return storage.write_checkpoint(path, tree, metadata={"note": "hi"}, epoch=3, step=kwargs.get("step"))
+    with storage.CheckpointStorage() as writer:
+        return writer.write(path, tree, metadata={"note": "hi"}, epoch=3, step=kwargs.get("step"))
+
+
+def _problem(path: Path) -> str | None:
+    try:
+        storage.verify(path)
+    except DamagedCheckpointError as damage:
+        return damage.problem
+    return None
 
 
 def test_write_then_read_round_trip_with_manifest_describing_every_file(tmp_path):
@@ -36,7 +48,7 @@ def test_write_then_read_round_trip_with_manifest_describing_every_file(tmp_path
         data = (path / name).read_bytes()
         assert manifest["files"][name] == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch_3"]  # no temp directory left
-    assert storage.verify(path) is None
+    assert _problem(path) is None
 
 
 def test_rewriting_an_existing_checkpoint_replaces_it(tmp_path):
@@ -60,15 +72,26 @@ def _flip_last_byte(file: Path) -> None:
         (lambda p: (p / storage.STATE_FILE).unlink(), "missing file state.json"),
         (lambda p: (p / storage.MANIFEST_FILE).write_text("{not json"), "manifest unreadable"),
         (lambda p: (p / storage.MANIFEST_FILE).unlink(), "missing MANIFEST.json (never committed)"),
+        (lambda p: _edit_manifest(p, files=[1, 2]), "manifest malformed"),
+        (lambda p: _edit_manifest(p, epoch="three"), "manifest malformed (epoch"),
+        (
+            lambda p: _edit_manifest(p, files={"tensors.safetensors": 5, "state.json": {}}),
+            "manifest malformed",
+        ),
         (lambda p: os.truncate(p / storage.TENSORS_FILE, 10), "tensors.safetensors: truncated"),
     ],
 )
 def test_verify_names_the_problem_and_read_refuses(tmp_path, damage, problem):
     path = _write(tmp_path / "ck")
     damage(path)
-    assert storage.verify(path).startswith(problem)
-    with pytest.raises(CheckpointError, match="ck"):
+    assert _problem(path).startswith(problem)
+    with pytest.raises(DamagedCheckpointError, match="ck"):
         storage.read(path)
+
+
+def _edit_manifest(path: Path, **changes) -> None:
+    manifest = json.loads((path / storage.MANIFEST_FILE).read_text())
+    (path / storage.MANIFEST_FILE).write_text(json.dumps({**manifest, **changes}))
 
 
 def test_unserializable_state_fails_before_anything_is_written(tmp_path):
@@ -105,13 +128,11 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path, use_torch_save):
         evil_file.write_bytes(pickle.dumps(_MarkerPayload(marker)))
     disguised = evil_dir / "weights"  # no telltale suffix: recognised by its magic bytes
     shutil.copyfile(evil_file, disguised)
-    manager = CheckpointManager(tmp_path / "run")
-
     for target in (evil_file, disguised, evil_dir):
         with pytest.raises(CheckpointError, match=r"refusing to load .*pickle-based files are never loaded"):
             storage.read(target)
         with pytest.raises(CheckpointError, match="refusing to load"):
-            manager.load(target)
+            checkpoint_target(target)
     evil_file.unlink()
     with pytest.raises(CheckpointError, match="refusing to load"):
         storage.read(evil_dir)
@@ -142,27 +163,36 @@ def test_clean_leftovers_removes_temp_dirs_and_restores_an_uncommitted_replaceme
     assert torch.equal(tree["weights"], TREE["weights"])
 
 
+@pytest.mark.integration
 def test_kill_seam_leaves_a_torn_checkpoint_that_resume_skips(tmp_path):
     script = textwrap.dedent(
         f"""
-        import torch
+        import sys, torch
+        sys.path.insert(0, {str(KILL_SCRIPT.parent)!r})
+        from kill_during_write import kill_at
         from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag
-        manager = CheckpointManager({str(tmp_path)!r})
+        from topoclass.config import CheckpointConfig
+        kill_at(2)
+        weights = torch.zeros(4)
+        holder = torch.nn.ParameterDict({{"w": torch.nn.Parameter(weights)}})
+        manager = CheckpointManager({str(tmp_path)!r}, CheckpointConfig())
+        manager.attach({{"w": holder}}, lambda tag: {{}})
         for epoch in (1, 2, 3):
-            manager.save(CheckpointTag(epoch), {{"w": torch.full((4,), float(epoch))}}, metadata={{}})
+            weights.fill_(float(epoch))
+            manager.save(CheckpointTag(epoch))
         """
     )
-    env = {**os.environ, storage.KILL_ENV: "2"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()
-    assert storage.verify(tmp_path / "checkpoint_epoch_1") is None
+    assert _problem(tmp_path / "checkpoint_epoch_1") is None
     torn = tmp_path / "checkpoint_epoch_2"
     assert (torn / storage.TENSORS_FILE).exists() and not (torn / storage.MANIFEST_FILE).exists()
     assert not (tmp_path / "checkpoint_epoch_3").exists()
 
-    loaded = CheckpointManager(tmp_path).find_latest()
+    with CheckpointManager(tmp_path, CheckpointConfig()) as manager:
+        loaded = manager.find_latest()
     assert loaded is not None and loaded.tag.epoch == 1
-    assert torch.equal(loaded.state["w"], torch.full((4,), 1.0))
+    assert torch.equal(loaded.state["w"]["w"], torch.full((4,), 1.0))
     assert any(name.startswith("checkpoint_epoch_2.corrupt-") for name in os.listdir(tmp_path))
 
 
@@ -170,7 +200,7 @@ def test_disk_errors_become_checkpoint_errors_and_leave_nothing(tmp_path, monkey
     def disk_full(path, chunks):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(storage, "_write_file", disk_full)
+    monkeypatch.setattr(storage, "write_chunks", disk_full)
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*No space left on device"):
         _write(tmp_path / "ck")
     assert not any(tmp_path.iterdir())

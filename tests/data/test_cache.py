@@ -7,11 +7,11 @@ import time
 
 import torch
 
-from tests.conftest import write_synthetic_table
+from tests.helpers import write_synthetic_table
 from topoclass.cli import main
 from topoclass.config import DataConfig, TaskConfig
+from topoclass.data.build import prepare_dataset
 from topoclass.data.cache import list_entries
-from topoclass.data.prepare import prepare_dataset
 
 TASKS = [TaskConfig(name="topological", classes=["trivial", "topological"])]
 

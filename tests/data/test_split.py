@@ -13,6 +13,7 @@ from topoclass.data.split import load_split, save_split, split_materials
 from topoclass.errors import DataError
 
 CLASSES = ["trivial", "TI", "TCI", "semimetal"]
+TOPO = TaskConfig(name="topo")
 FRACTIONS = (0.7, 0.15, 0.15)
 
 
@@ -39,7 +40,7 @@ def materials() -> list[Material]:
 
 @pytest.fixture(scope="module")
 def split(materials):
-    return split_materials(materials, "topo", FRACTIONS, seed=0)
+    return split_materials(materials, TOPO, FRACTIONS, seed=0)
 
 
 def test_every_material_is_in_exactly_one_split(materials, split):
@@ -64,7 +65,7 @@ def test_multiples_of_one_formula_stay_together():
         Material(f"m{i}", f, 166, labels={"topo": "TI"}) for i, f in enumerate(["Bi2Se3", "Bi4Se6"] * 20)
     ]
     records += [Material(f"x{i}", f"Na{i + 1}Cl", 225, labels={"topo": "trivial"}) for i in range(40)]
-    split = split_materials(records, "topo", seed=3)
+    split = split_materials(records, TOPO, seed=3)
     homes = {name for name, indices in split.items() for i in indices if records[i].formula.startswith("Bi")}
     assert len(homes) == 1
 
@@ -83,9 +84,9 @@ def test_class_proportions_are_close_across_splits(materials, split):
 
 
 def test_split_is_deterministic_for_a_seed_and_changes_with_it(materials, split):
-    again = split_materials(materials, TaskConfig(name="topo"), FRACTIONS, seed=0)
+    again = split_materials(materials, TOPO, FRACTIONS, seed=0)
     assert all(np.array_equal(split[k], again[k]) for k in split)
-    other = split_materials(materials, "topo", FRACTIONS, seed=1)
+    other = split_materials(materials, TOPO, FRACTIONS, seed=1)
     assert not np.array_equal(split["test"], other["test"])
 
 
@@ -94,7 +95,7 @@ def test_numeric_main_label_is_stratified_by_quantiles():
     records = [
         Material(f"m{i}", f"Na{i + 1}Cl", 225, labels={"gap": float(rng.normal())}) for i in range(2000)
     ]
-    split = split_materials(records, "gap")
+    split = split_materials(records, TaskConfig(name="gap", type="regression"))
     gaps = np.array([m.labels["gap"] for m in records])
     for indices in split.values():
         assert abs(np.median(gaps[indices]) - np.median(gaps)) < 0.15
@@ -102,9 +103,9 @@ def test_numeric_main_label_is_stratified_by_quantiles():
 
 def test_bad_arguments_are_errors(materials):
     with pytest.raises(ValueError, match="fractions"):
-        split_materials(materials, "topo", (0.8, 0.15, 0.15))
+        split_materials(materials, TOPO, (0.8, 0.15, 0.15))
     with pytest.raises(DataError, match="absent"):
-        split_materials(materials, "absent")
+        split_materials(materials, TaskConfig(name="absent"))
 
 
 def test_save_and_load_round_trip(tmp_path, materials, split):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from topoclass.config import DataConfig, TaskConfig
-from topoclass.data.registry import load_dataset
+from topoclass.data.datasets import load_dataset
 from topoclass.data.tables import read_table
 from topoclass.errors import ConfigError, DataError
 

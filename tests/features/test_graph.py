@@ -6,7 +6,6 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
-from topoclass.data.structures import periodic_neighbors
 from topoclass.features.graph import (
     NUM_CELL_FACTS,
     build_crystal_graph,
@@ -14,6 +13,7 @@ from topoclass.features.graph import (
     gaussian_rbf,
     nearest_per_center,
 )
+from topoclass.features.structures import periodic_neighbors
 
 
 def fcc_primitive(a: float = 3.6) -> Structure:

@@ -10,9 +10,9 @@ from pymatgen.core import Lattice, Structure
 from scipy.sparse.csgraph import laplacian
 
 from topoclass.data.records import StructureRef
-from topoclass.data.structures import read_structure
 from topoclass.features.graph import CrystalGraph, build_crystal_graph
 from topoclass.features.spectral import SpectralCache, graph_key, laplacian_spectra, random_sign_flip
+from topoclass.features.structures import read_structure
 
 K = 8
 
@@ -119,18 +119,20 @@ def test_batched_results_do_not_depend_on_the_other_graphs():
 def test_cache_hits_return_the_stored_result_and_evict_oldest():
     rng = np.random.default_rng(2)
     graphs = [random_graph(rng, 5 + i, 20) for i in range(4)]
-    cache = SpectralCache(max_entries=3)
+    first = laplacian_spectra(graphs[:3], K, device="cpu")
+    # Room for exactly three of these spectra: the cache is bounded by bytes, not entries.
+    cache = SpectralCache(max_bytes=sum(spectrum.nbytes for spectrum in first) + 1)
     first = laplacian_spectra(graphs[:3], K, device="cpu", cache=cache)
     assert (cache.hits, cache.misses, len(cache)) == (0, 3, 3)
     again = laplacian_spectra(graphs[:3], K, device="cpu", cache=cache)
     assert cache.hits == 3 and all(a is b for a, b in zip(first, again, strict=True))
     laplacian_spectra(graphs[3:], K, device="cpu", cache=cache)
-    assert len(cache) == 3
+    assert 2 <= len(cache) <= 3  # the newest spectrum is the largest: it may push out two
+    assert cache.get(graph_key(graphs[3].num_nodes, graphs[3].edge_index, K)) is not None
     key0 = graph_key(graphs[0].num_nodes, graphs[0].edge_index, K)
     assert cache.get(key0) is None  # least recently used went first
     assert graph_key(graphs[0].num_nodes, graphs[0].edge_index, K + 1) != key0
-    cache.clear()
-    assert len(cache) == 0
+    assert cache.bytes <= cache.max_bytes
 
 
 def test_repeated_graphs_are_computed_once_and_match_the_uncached_result():

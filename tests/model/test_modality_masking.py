@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
+from topoclass.app.baseline import baseline_features, cell_fact_features
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import StructureRef
-from topoclass.evaluation.baseline import baseline_features, cell_fact_features
 from topoclass.features.composition import NUM_FORMULA_FACTS, encode_compositions, material_descriptors
 from topoclass.features.structure_pipeline import featurize_structures
 from topoclass.model.multitask import MultitaskModel

@@ -7,7 +7,7 @@ from topoclass.config import ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.features.composition import encode_compositions, material_descriptors
 from topoclass.model.multitask import MultitaskModel
-from topoclass.train.loss import MultitaskLoss, class_weights
+from topoclass.train.loss import MultitaskLoss
 
 TASKS = [
     TaskConfig(name="topological", classes=["trivial", "topological"]),
@@ -52,13 +52,13 @@ def test_forward_shapes_and_missing_labels(model):
     assert outputs["topological"].shape == (3, 2)
     assert outputs["topo_class"].shape == (3, 4)
     assert outputs["gap"].shape == (3,)
-    loss, parts = MultitaskLoss(TASKS, focal_gamma=2.0, weights={})(outputs, batch["labels"])
+    loss, parts = MultitaskLoss(TASKS, features.labels, focal_gamma=2.0)(outputs, batch["labels"])
     assert torch.isfinite(loss) and set(parts) == {"topological", "topo_class", "gap"}
     loss.backward()
     # A sample with every label missing contributes no gradient at all.
     model.zero_grad()
     only_unlabelled = features.batch(torch.tensor([2]), with_graphs=False)
-    loss, parts = MultitaskLoss(TASKS, focal_gamma=2.0, weights={})(
+    loss, parts = MultitaskLoss(TASKS, features.labels, focal_gamma=2.0)(
         model(only_unlabelled), only_unlabelled["labels"]
     )
     assert parts == {} and float(loss) == 0.0
@@ -70,7 +70,7 @@ def test_missing_label_does_not_change_the_loss_of_other_samples(model):
     extra = _features(
         ["Bi2Se3", "NaCl", "SnTe"], [166, 225, 225], [[1, 1, nan], [0, 0, nan], [nan, nan, nan]]
     )
-    loss_fn = MultitaskLoss(TASKS, focal_gamma=2.0, weights={})
+    loss_fn = MultitaskLoss(TASKS, base.labels, focal_gamma=2.0)
     a, _ = loss_fn(model(base.batch(torch.arange(2), with_graphs=False)), base.labels)
     b, _ = loss_fn(model(extra.batch(torch.arange(3), with_graphs=False)), extra.labels)
     assert torch.allclose(a, b)
@@ -81,9 +81,3 @@ def test_prediction_independent_of_batch_company(model):
     alone = model(features.batch(torch.tensor([0]), with_graphs=False))["topo_class"]
     together = model(features.batch(torch.arange(4), with_graphs=False))["topo_class"][:1]
     assert torch.allclose(alone, together, atol=1e-6)
-
-
-def test_class_weights_favour_rare_classes():
-    weights = class_weights(torch.tensor([0.0, 0, 0, 1, math.nan]), 2)
-    assert weights[1] > weights[0]
-    assert torch.isclose(weights.mean(), torch.tensor(1.0))

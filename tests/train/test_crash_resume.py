@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, start_cli
+from tests.helpers import run_cli, start_cli
 from topoclass.checkpoint.manager import CheckpointManager
 from topoclass.train.signals import EXIT_RESUMABLE
 

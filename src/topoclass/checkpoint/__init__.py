@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from topoclass.checkpoint.catalog import (
     CheckpointInfo,
+    describe_checkpoint,
     export_weights,
     inspect_checkpoint,
     list_checkpoints,
     verify_checkpoints,
 )
 from topoclass.checkpoint.lock import CheckpointLock
-from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint
+from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, read_checkpoint
 from topoclass.checkpoint.state import RNGState, Stateful
 
 __all__ = [
@@ -27,8 +28,10 @@ __all__ = [
     "LoadedCheckpoint",
     "RNGState",
     "Stateful",
+    "describe_checkpoint",
     "export_weights",
     "inspect_checkpoint",
     "list_checkpoints",
+    "read_checkpoint",
     "verify_checkpoints",
 ]

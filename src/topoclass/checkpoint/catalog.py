@@ -1,7 +1,9 @@
-"""Read-only views of a checkpoint directory, behind the ``checkpoints`` CLI verbs.
+"""Read-only views of checkpoints, behind the ``checkpoints`` CLI verbs.
 
 Nothing here renames, deletes or cleans up, so these functions are safe to run
-while a trainer is writing to the same directory.
+while a trainer is writing to the same directory. They take a checkpoint
+directory (the folder of checkpoints) or one checkpoint; which one a user's
+argument means (a run, ``latest``, ``best``) is decided by the run layout.
 
 :func:`inspect_checkpoint` summarises the metadata a trainer stores with each
 checkpoint; it reads these keys when present: ``config`` (resolved config dict),
@@ -12,7 +14,6 @@ checkpoint; it reads these keys when present: ``config`` (resolved config dict),
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,17 +24,14 @@ import safetensors.torch
 import torch
 
 from topoclass.checkpoint import storage
-from topoclass.checkpoint.manager import (
-    BEST_NAME,
-    RUN_CHECKPOINT_SUBDIR,
-    checkpoint_dirs,
-    tag_or_none,
-)
-from topoclass.checkpoint.serialize import DICT_TAG
-from topoclass.errors import CheckpointError
+from topoclass.checkpoint.manager import BEST_NAME, checkpoint_dirs, tag_or_none
+from topoclass.checkpoint.serialize import DICT_TAG, safetensors_chunks
+from topoclass.errors import CheckpointError, DamagedCheckpointError
+from topoclass.files import atomic_write
 
-CORRUPT_MARK = ".corrupt-"
 HISTORY_TAIL = 3
+# The config keys that define what a model computes; an export carries these and nothing else.
+MODEL_DEFINING = ("model", "tasks", "use_structure", "graph")
 
 
 @dataclass(frozen=True)
@@ -52,15 +50,13 @@ class CheckpointInfo:
     is_latest: bool
 
 
-def list_checkpoints(directory: Path, *, full: bool = False) -> list[CheckpointInfo]:
-    """Checkpoints of ``directory`` (or of a run directory's ``checkpoints/``).
+def list_checkpoints(directory: Path) -> list[CheckpointInfo]:
+    """Every checkpoint of ``directory``, each fully verified (every file re-hashed).
 
     Numbered ones oldest first (uncommitted ones included, with their problem),
     then those set aside as corrupt (``*.corrupt-*``), then ``best``.
-    ``full=False`` checks manifests and file sizes only; :func:`verify_checkpoints`
-    re-hashes every file.
     """
-    return _catalog(Path(directory), full=full, include_set_aside=True)
+    return _catalog(Path(directory), include_set_aside=True)
 
 
 def verify_checkpoints(directory: Path) -> list[CheckpointInfo]:
@@ -68,22 +64,33 @@ def verify_checkpoints(directory: Path) -> list[CheckpointInfo]:
 
     Checkpoints already set aside as corrupt are not listed: they are known bad.
     """
-    return _catalog(Path(directory), full=True, include_set_aside=False)
+    return _catalog(Path(directory), include_set_aside=False)
 
 
-def _catalog(directory: Path, *, full: bool, include_set_aside: bool) -> list[CheckpointInfo]:
-    directory = _checkpoint_root(Path(directory))
-    numbered = [
-        (path, storage.verify(path, full=full)) for _tag, path in reversed(checkpoint_dirs(directory))
-    ]
+def describe_checkpoint(path: Path) -> CheckpointInfo:
+    """One checkpoint, fully verified."""
+    path = Path(path)
+    return _info(path, _problem(path), None, None)
+
+
+def _problem(path: Path) -> str | None:
+    try:
+        storage.verify(path)
+    except DamagedCheckpointError as damage:
+        return damage.problem
+    return None
+
+
+def _catalog(directory: Path, *, include_set_aside: bool) -> list[CheckpointInfo]:
+    numbered = [(path, _problem(path)) for _tag, path in reversed(checkpoint_dirs(directory))]
     latest = next((path for path, problem in reversed(numbered) if problem is None), None)
     entries = list(numbered)
     if include_set_aside and directory.is_dir():
-        for path in sorted(directory.glob(f"*{CORRUPT_MARK}*")):
+        for path in sorted(directory.glob(f"*{storage.CORRUPT_MARK}*")):
             entries.append((path, "set aside after failing verification"))
     best, best_source = directory / BEST_NAME, None
     if best.is_dir():
-        best_problem = storage.verify(best, full=full)
+        best_problem = _problem(best)
         entries.append((best, best_problem))
         best_source = _manifest_or_empty(best).get("source") if best_problem is None else None
     return [_info(path, problem, best_source, latest) for path, problem in entries]
@@ -102,15 +109,17 @@ def format_info(info: CheckpointInfo) -> str:
 
 
 def inspect_checkpoint(path: Path) -> dict[str, Any]:
-    """Summary of a checkpoint (or of the latest intact one of a checkpoint or run directory)."""
-    path = resolve_checkpoint(Path(path))
-    manifest = storage.read_manifest(path)
-    state = json.loads((path / storage.STATE_FILE).read_bytes())
+    """Summary of one verified checkpoint."""
+    path = Path(path)
+    manifest = storage.verify(path)
+    try:
+        state = json.loads((path / storage.STATE_FILE).read_bytes())
+        with safetensors.safe_open(path / storage.TENSORS_FILE, framework="pt") as tensors:
+            tensor_count = len(list(tensors.keys()))
+    except (ValueError, safetensors.SafetensorError) as error:
+        raise DamagedCheckpointError(path, f"undecodable content ({error})") from None
     metadata = state.get("metadata") or {}
-    tree = state.get("tree")
     history = metadata.get("history") or []
-    with safetensors.safe_open(path / storage.TENSORS_FILE, framework="pt") as tensors:
-        tensor_count = len(list(tensors.keys()))
     return {
         "path": str(path),
         "name": path.name,
@@ -120,7 +129,7 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
         "source": manifest.get("source"),
         "size_bytes": sum(entry["size"] for entry in manifest["files"].values()),
         "tensor_count": tensor_count,
-        "state_keys": _top_level_keys(tree),
+        "state_keys": _top_level_keys(state.get("tree")),
         "best_val_loss": metadata.get("best_val_loss"),
         "config": metadata.get("config"),
         "history_length": len(history),
@@ -132,14 +141,16 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
     }
 
 
-def export_weights(path: Path, out_file: Path, key: str = "model") -> Path:
-    """Write the tensors under ``state[key]`` alone to a ``.safetensors`` file.
+def export_weights(path: Path, out_file: Path) -> str:
+    """Write the inference weights of checkpoint ``path`` alone to a ``.safetensors`` file.
 
-    The file's safetensors metadata carries the run's config as a JSON string
-    (``config``) plus the source checkpoint, epoch and step.
+    The averaged weights when the run kept an average, else the live ones; returns which.
+    The file's metadata holds only what defines the model (its settings, tasks and
+    topoclass version), so identical weights give identical files whatever run made them.
     """
-    path = resolve_checkpoint(Path(path))
+    path = Path(path)
     tree, metadata = storage.read(path)
+    key = "averaged_model" if isinstance(tree, Mapping) and "averaged_model" in tree else "model"
     weights = tree.get(key) if isinstance(tree, Mapping) else None
     if (
         not isinstance(weights, Mapping)
@@ -149,59 +160,40 @@ def export_weights(path: Path, out_file: Path, key: str = "model") -> Path:
         )
     ):
         raise CheckpointError(f"{path}: state key '{key}' is not a flat mapping of names to tensors")
-    manifest = storage.read_manifest(path)
+    config = metadata.get("config") or {}
+    data = config.get("data") or {}
+    defining = {
+        "model": config.get("model"),
+        "tasks": metadata.get("tasks"),
+        "use_structure": data.get("use_structure"),
+        "graph": data.get("graph"),
+    }
     header = {
         "format": "topoclass-weights",
-        "config": json.dumps(metadata.get("config")),
-        "source_checkpoint": path.name,
-        "epoch": str(manifest["epoch"]),
-        "step": str(manifest["step"]),
+        "package_version": str(metadata.get("package_version")),
+        **{name: json.dumps(defining[name], sort_keys=True) for name in MODEL_DEFINING},
     }
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    temp = out_file.with_name(f"{storage.TEMP_PREFIX}{out_file.name}-{os.getpid()}")
-    safetensors.torch.save_file({name: value.contiguous() for name, value in weights.items()}, temp, header)
-    os.replace(temp, out_file)
-    return out_file
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """``path`` itself if it is a checkpoint, else the newest intact one it contains (read-only)."""
-    if path.is_dir() and (
-        tag_or_none(path.name) or path.name == BEST_NAME or (path / storage.MANIFEST_FILE).exists()
-    ):
-        problem = storage.verify(path)
-        if problem is not None:
-            raise CheckpointError(f"{path}: {problem}")
-        return path
-    root = _checkpoint_root(path)
-    candidates = checkpoint_dirs(root)
-    if not candidates:
-        storage.refuse_if_foreign(root)
-        raise CheckpointError(f"no checkpoint found in {path}")
-    for _tag, candidate in candidates:
-        if storage.verify(candidate) is None:
-            return candidate
-    raise CheckpointError(f"no intact checkpoint found in {path}")
-
-
-def _checkpoint_root(path: Path) -> Path:
-    nested = path / RUN_CHECKPOINT_SUBDIR
-    return nested if nested.is_dir() else path
+    if out_file.is_dir():
+        raise CheckpointError(f"{out_file} is a directory; give the path of a .safetensors file to write")
+    tensors = {name: weights[name].detach().cpu().contiguous() for name in sorted(weights)}
+    atomic_write(out_file, safetensors_chunks(tensors, header))
+    return key
 
 
 def _info(path: Path, problem: str | None, best_source: str | None, latest: Path | None) -> CheckpointInfo:
     manifest = _manifest_or_empty(path) if problem is None else {}
-    tag = tag_or_none(path.name.split(CORRUPT_MARK)[0])
+    tag = tag_or_none(path.name.split(storage.CORRUPT_MARK)[0])
     epoch = manifest.get("epoch", tag.epoch if tag else None)
     step = manifest.get("step", tag.step if tag else None)
+    files = [entry for entry in path.iterdir() if entry.is_file()] if path.is_dir() else []
     return CheckpointInfo(
         name=path.name,
         path=path,
         epoch=epoch,
         step=step,
         created=manifest.get("created"),
-        size_bytes=sum(entry.stat().st_size for entry in path.iterdir() if entry.is_file()),
+        size_bytes=sum(entry.stat().st_size for entry in files),
         verified=problem is None,
         problem=problem,
         is_best=path.name == BEST_NAME or path.name == best_source,
@@ -212,7 +204,7 @@ def _info(path: Path, problem: str | None, best_source: str | None, latest: Path
 def _manifest_or_empty(path: Path) -> dict[str, Any]:
     try:
         return storage.read_manifest(path)
-    except CheckpointError:
+    except DamagedCheckpointError:
         return {}
 
 

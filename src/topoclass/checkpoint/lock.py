@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
-from topoclass.errors import CheckpointLockedError
+from topoclass.errors import CheckpointLockedError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,11 @@ class CheckpointLock:
         """Take the lock or raise CheckpointLockedError naming the live owner."""
         if self._fd is not None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise WriteError(self.path, error) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

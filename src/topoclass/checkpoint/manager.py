@@ -1,14 +1,20 @@
 """When to checkpoint, what to keep, and which checkpoint to resume from.
 
-:class:`CheckpointManager` holds the policy over one checkpoint directory; the
-bytes on disk are :mod:`topoclass.checkpoint.storage`'s business and the
-meaning of the state is the caller's. The directory holds::
+:class:`CheckpointManager` holds the policy over one checkpoint directory. The
+trainer attaches the components to save (anything with ``state_dict()`` /
+``load_state_dict()``) and reports events: a finished optimizer step, the end
+of an epoch. The manager alone decides, from its config section, whether that
+event writes a checkpoint, only ``best/``, or nothing; it also restores the
+attached components from a checkpoint. The bytes on disk are
+:mod:`topoclass.checkpoint.storage`'s business and the meaning of the state is
+the caller's. The directory holds::
 
     checkpoint_epoch_5/                 end of epoch 5
     checkpoint_epoch_7_step_1200/       mid-epoch 7, at global step 1200
     best/                               best-by-validation-loss state (own manifest)
     latest                              text file: name of the newest checkpoint
     <name>.corrupt-<UTC time>/          a checkpoint that failed verification, kept for inspection
+    abandoned-<UTC time>/               newer checkpoints set aside when a run resumed from an older one
 
 The manager renames, deletes and cleans up inside its directory, so only the
 process holding the directory's :class:`~topoclass.checkpoint.lock.CheckpointLock`
@@ -23,20 +29,23 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from topoclass.checkpoint import storage
-from topoclass.errors import CheckpointError
+from topoclass.checkpoint.state import Stateful
+from topoclass.config import CheckpointConfig
+from topoclass.errors import CheckpointError, DamagedCheckpointError
+from topoclass.files import atomic_write, fsync_paths
 
 log = logging.getLogger(__name__)
 
 BEST_NAME = "best"
 LATEST_POINTER = "latest"
-RUN_CHECKPOINT_SUBDIR = "checkpoints"  # where a run directory keeps its checkpoints
+ABANDONED_PREFIX = "abandoned-"
 _TAG_PATTERN = re.compile(r"checkpoint_epoch_(\d+)(?:_step_(\d+))?")
 
 
@@ -52,16 +61,6 @@ class CheckpointTag:
         if self.step is None:
             return f"checkpoint_epoch_{self.epoch}"
         return f"checkpoint_epoch_{self.epoch}_step_{self.step}"
-
-    @classmethod
-    def parse(cls, name: str) -> CheckpointTag:
-        """Inverse of :meth:`name`; CheckpointError for any other name."""
-        tag = tag_or_none(name)
-        if tag is None:
-            raise CheckpointError(
-                f"'{name}' is not a checkpoint name (expected checkpoint_epoch_<n>[_step_<n>])"
-            )
-        return tag
 
     def sort_key(self) -> tuple[int, float]:
         """Training order: the end of epoch e comes after every mid-epoch checkpoint of epoch e."""
@@ -95,7 +94,7 @@ def load_component(checkpoint: LoadedCheckpoint, name: str, component: Any, stat
     """
     try:
         component.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__).rstrip(".")
         raise CheckpointError(
@@ -123,8 +122,9 @@ def read_checkpoint(path: Path) -> LoadedCheckpoint:
     path = Path(path)
     tree, metadata = storage.read(path)
     manifest = storage.read_manifest(path)
-    tag = CheckpointTag(int(manifest["epoch"]), None if manifest["step"] is None else int(manifest["step"]))
-    return LoadedCheckpoint(path=path, tag=tag, state=tree, metadata=metadata)
+    if not isinstance(tree, dict) or not isinstance(metadata, dict):
+        raise DamagedCheckpointError(path, "undecodable content (state or metadata is not a mapping)")
+    return LoadedCheckpoint(path, CheckpointTag(manifest["epoch"], manifest["step"]), tree, metadata)
 
 
 def latest_in(directory: Path, *, set_aside_corrupt: bool) -> LoadedCheckpoint | None:
@@ -136,76 +136,137 @@ def latest_in(directory: Path, *, set_aside_corrupt: bool) -> LoadedCheckpoint |
     for _tag, path in checkpoint_dirs(directory):
         try:
             return read_checkpoint(path)
-        except CheckpointError as error:
-            problem = str(error).removeprefix(f"{path}: ")
+        except DamagedCheckpointError as damage:
             if set_aside_corrupt:
-                storage.set_aside_as_corrupt(path, problem)
+                storage.set_aside_as_corrupt(path, damage.problem)
             else:
-                log.warning("Skipping checkpoint %s: %s", path, problem)
+                log.warning("Skipping checkpoint %s: %s", path, damage.problem)
     return None
 
 
 class CheckpointManager:
-    """Checkpoint policy for one directory: schedule, retention, best, resume."""
+    """Checkpoint policy for one directory: schedule, retention, best, resume, restore."""
 
     def __init__(
-        self,
-        directory: Path,
-        *,
-        keep_last: int = 3,
-        every_epochs: int = 5,
-        every_minutes: float = 30.0,
-        every_steps: int = 0,
-        clock: Callable[[], float] = time.monotonic,
+        self, directory: Path, config: CheckpointConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if keep_last < 1:
-            raise CheckpointError(f"keep_last must be at least 1, got {keep_last}")
         self.directory = Path(directory)
-        self.keep_last = keep_last
-        self.every_epochs = every_epochs
-        self.every_minutes = every_minutes
-        self.every_steps = every_steps
+        self.config = config
+        self.storage = storage.CheckpointStorage()
+        self.seconds = 0.0  # wall time spent writing checkpoints
         self._clock = clock
         self._last_save = clock()
-        self._deletions: list[Future[None]] = []
+        self._components: Mapping[str, Stateful] = {}
+        self._metadata: Callable[[CheckpointTag], dict[str, Any]] = lambda tag: {}
 
-    def due_mid_epoch(self, global_step: int) -> bool:
-        """True when ``every_minutes`` passed since the last save or ``global_step`` hits ``every_steps``."""
-        if self.every_minutes > 0 and self._clock() - self._last_save >= self.every_minutes * 60:
+    # -- what is saved -------------------------------------------------------------------------------
+
+    def attach(
+        self, components: Mapping[str, Stateful], metadata: Callable[[CheckpointTag], dict[str, Any]]
+    ) -> None:
+        """The components every checkpoint holds, and the metadata written beside them."""
+        self._components = components
+        self._metadata = metadata
+
+    def restore(self, checkpoint: LoadedCheckpoint) -> None:
+        """Load every attached component's state from ``checkpoint``."""
+        for name, component in self._components.items():
+            if name not in checkpoint.state:
+                raise CheckpointError(
+                    f"{checkpoint.path}: holds no '{name}' state; it was written by topoclass "
+                    f"{checkpoint.metadata.get('package_version', '?')}"
+                )
+            load_component(checkpoint, name, component, checkpoint.state[name])
+
+    # -- events: the manager decides -------------------------------------------------------------
+
+    def on_step(self, epoch: int, global_step: int, *, epoch_done: bool, stop: bool) -> bool:
+        """An optimizer step finished; saves mid-epoch when stopping or when due. True if it saved.
+
+        Mid-epoch saves are due every ``every_steps`` steps or ``every_minutes`` minutes,
+        never on an epoch's last step (the end of the epoch saves then, if due).
+        """
+        due_by_time = self.config.every_minutes > 0 and (
+            self._clock() - self._last_save >= self.config.every_minutes * 60
+        )
+        due_by_steps = self.config.every_steps > 0 and global_step % self.config.every_steps == 0
+        if stop or (not epoch_done and (due_by_time or due_by_steps)):
+            self.save(CheckpointTag(epoch, global_step))
             return True
-        return self.every_steps > 0 and global_step > 0 and global_step % self.every_steps == 0
+        return False
 
-    def due_end_of_epoch(self, epoch: int) -> bool:
-        """True at every ``every_epochs``-th epoch."""
-        return self.every_epochs > 0 and epoch % self.every_epochs == 0
+    def on_epoch_end(self, epoch: int, *, improved: bool, last: bool, stop: bool) -> Path | None:
+        """An epoch finished and was validated: a full checkpoint when due, else ``best/`` if improved."""
+        tag = CheckpointTag(epoch)
+        due = self.config.every_epochs > 0 and epoch % self.config.every_epochs == 0
+        if due or last or stop:
+            return self.save(tag, best=improved)
+        if improved:
+            return self._write_best(tag)
+        return None
 
-    def save(
-        self, tag: CheckpointTag, state: dict[str, Any], *, metadata: dict[str, Any], is_best: bool = False
-    ) -> Path:
+    # -- writing -----------------------------------------------------------------------------------
+
+    def save(self, tag: CheckpointTag, *, best: bool = False) -> Path:
         """Commit a checkpoint, point ``latest`` at it, update ``best`` if asked, then apply retention.
 
-        With ``is_best`` this is two checkpoint writes as the storage's kill seam
-        counts them: the checkpoint, then ``best/`` (hard links, own manifest).
+        With ``best`` this is two commits: the checkpoint, then ``best/`` (hard links, own manifest).
         """
-        path = storage.write_checkpoint(
-            self.directory / tag.name(), state, metadata=metadata, epoch=tag.epoch, step=tag.step
+        started = time.perf_counter()
+        path = self.storage.write(
+            self.directory / tag.name(),
+            self._state(),
+            metadata=self._metadata(tag),
+            epoch=tag.epoch,
+            step=tag.step,
         )
-        problem = storage.verify(path, full=False)  # bytes were hashed as written; re-check the commit
-        if problem is not None:
-            raise CheckpointError(f"checkpoint {path} failed verification right after writing: {problem}")
+        storage.verify(path, full=False)  # bytes were hashed as written; re-check the commit
         # A hint for people and tools, so not fsynced: resume scans and verifies instead of trusting it.
-        storage.atomic_write_bytes(self.directory / LATEST_POINTER, f"{tag.name()}\n".encode(), durable=False)
-        if is_best:
+        atomic_write(self.directory / LATEST_POINTER, f"{tag.name()}\n", durable=False)
+        if best:
             self._link_best(path)
         self._apply_retention(keep=path)
         self._last_save = self._clock()
+        self.seconds += time.perf_counter() - started
         return path
 
-    def save_best(self, tag: CheckpointTag, state: dict[str, Any], *, metadata: dict[str, Any]) -> Path:
-        """Write ``state`` as ``best/`` only (for a new best that is not otherwise due a checkpoint)."""
-        return storage.write_checkpoint(
-            self.directory / BEST_NAME, state, metadata=metadata, epoch=tag.epoch, step=tag.step
+    def _write_best(self, tag: CheckpointTag) -> Path:
+        """Write the state as ``best/`` only (a new best that is not otherwise due a checkpoint)."""
+        started = time.perf_counter()
+        path = self.storage.write(
+            self.best_path, self._state(), metadata=self._metadata(tag), epoch=tag.epoch, step=tag.step
         )
+        self.seconds += time.perf_counter() - started
+        return path
+
+    def _state(self) -> dict[str, Any]:
+        return {name: component.state_dict() for name, component in self._components.items()}
+
+    def _link_best(self, source: Path) -> None:
+        """Make ``best/`` a committed copy of ``source``, sharing its files through hard links."""
+        temp = storage.fresh_temp_dir(self.best_path)
+        copies = []
+        for name in storage.DATA_FILES:
+            try:
+                os.link(source / name, temp / name)  # same inode: its data is already durable
+            except OSError:  # filesystems without hard links
+                shutil.copyfile(source / name, temp / name)
+                copies.append(temp / name)
+        manifest = {**storage.read_manifest(source), "source": source.name}
+        self.storage.commit_directory(temp, self.best_path, manifest, unsynced=copies)
+
+    def _apply_retention(self, *, keep: Path) -> None:
+        """Remove all but the newest ``keep_last`` committed checkpoints, never ``keep`` itself."""
+        committed = [
+            path
+            for _tag, path in checkpoint_dirs(self.directory)
+            if (path / storage.MANIFEST_FILE).exists() and path != keep
+        ]
+        for path in committed[self.config.keep_last - 1 :]:
+            log.info("Removing old checkpoint %s (keep_last=%d)", path.name, self.config.keep_last)
+            self.storage.remove(path)
+
+    # -- reading -----------------------------------------------------------------------------------
 
     @property
     def best_path(self) -> Path:
@@ -219,74 +280,55 @@ class CheckpointManager:
         removed, and a ``best/`` that fails verification is set aside.
         """
         storage.clean_leftovers(self.directory)
-        if self.best_path.is_dir() and (problem := storage.verify(self.best_path)) is not None:
-            storage.set_aside_as_corrupt(self.best_path, problem)
+        if self.best_path.is_dir():
+            try:
+                storage.verify(self.best_path)
+            except DamagedCheckpointError as damage:
+                storage.set_aside_as_corrupt(self.best_path, damage.problem)
         return latest_in(self.directory, set_aside_corrupt=True)
 
-    def load(self, path: Path) -> LoadedCheckpoint:
-        """Load an explicit checkpoint directory, or the latest one of a checkpoint or run directory.
+    def abandon_newer_than(self, tag: CheckpointTag) -> Path | None:
+        """Start a new timeline at ``tag``: move every later checkpoint (and a later ``best/``) aside.
 
-        An explicit checkpoint that fails verification is an error (no fallback);
-        when searching another directory, failing ones are skipped, not renamed.
+        Resuming from an older checkpoint while newer ones exist would otherwise mix two
+        timelines: retention would delete the new ones, and a later automatic resume would
+        jump back to the abandoned one. Nothing is deleted; returns the folder they went to.
         """
-        path = Path(path)
-        if _is_single_checkpoint(path):
-            return read_checkpoint(path)
-        search = path / RUN_CHECKPOINT_SUBDIR if (path / RUN_CHECKPOINT_SUBDIR).is_dir() else path
-        if search.resolve() == self.directory.resolve():
-            found = self.find_latest()
-        else:
-            if not checkpoint_dirs(search):
-                storage.refuse_if_foreign(search)  # explains a missing path or pickle files
-                raise CheckpointError(f"no checkpoint found in {path}")
-            found = latest_in(search, set_aside_corrupt=False)
-        if found is None:
-            raise CheckpointError(f"no intact checkpoint found in {path}")
-        return found
-
-    def _link_best(self, source: Path) -> None:
-        """Make ``best/`` a committed copy of ``source``, sharing its files through hard links."""
-        temp = storage.fresh_temp_dir(self.best_path)
-        copies = []
-        for name in storage.DATA_FILES:
+        later = [path for other, path in checkpoint_dirs(self.directory) if other.sort_key() > tag.sort_key()]
+        if self.best_path.is_dir():
             try:
-                os.link(source / name, temp / name)  # same inode: its data is already durable
-            except OSError:  # filesystems without hard links
-                shutil.copyfile(source / name, temp / name)
-                copies.append(temp / name)
-        manifest = {**storage.read_manifest(source), "source": source.name}
-        storage.commit_directory(temp, self.best_path, manifest, unsynced=copies)
-
-    def _apply_retention(self, *, keep: Path) -> None:
-        """Remove all but the newest ``keep_last`` committed checkpoints, never ``keep`` itself.
-
-        ``keep`` matters after resuming from an older checkpoint while newer ones
-        exist: by tag order the fresh checkpoint would otherwise be the oldest.
-        """
-        committed = [
-            path
-            for _tag, path in checkpoint_dirs(self.directory)
-            if (path / storage.MANIFEST_FILE).exists() and path != keep
-        ]
-        for path in committed[self.keep_last - 1 :]:
-            log.info("Removing old checkpoint %s (keep_last=%d)", path.name, self.keep_last)
-            self._deletions.append(storage.remove_checkpoint(path))
+                best = storage.read_manifest(self.best_path)
+            except DamagedCheckpointError:
+                best = None
+            if best is None or CheckpointTag(best["epoch"], best["step"]).sort_key() > tag.sort_key():
+                later.append(self.best_path)
+        if not later:
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.directory / f"{ABANDONED_PREFIX}{stamp}"
+        aside.mkdir()
+        for path in later:
+            os.rename(path, aside / path.name)
+        (self.directory / LATEST_POINTER).unlink(missing_ok=True)
+        fsync_paths(self.directory)
+        log.warning(
+            "Resuming from %s while %d later checkpoint(s) exist: they were moved to %s",
+            tag.name(),
+            len(later),
+            aside,
+        )
+        return aside
 
     def wait_for_cleanup(self) -> None:
-        """Wait until old checkpoints removed by retention are deleted from disk.
+        """Wait until old checkpoints removed by retention are deleted from disk."""
+        self.storage.wait_for_removals()
 
-        Retention renames them away at once (they are no longer checkpoints) and
-        frees their space in the background; call this before measuring disk use
-        or exiting early.
-        """
-        for deletion in self._deletions:
-            deletion.result()
-        self._deletions.clear()
+    def close(self) -> None:
+        """Finish pending deletions and release the I/O threads."""
+        self.storage.close()
 
+    def __enter__(self) -> CheckpointManager:
+        return self
 
-def _is_single_checkpoint(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    if tag_or_none(path.name) is not None or path.name == BEST_NAME:
-        return True
-    return any((path / name).exists() for name in (storage.MANIFEST_FILE, *storage.DATA_FILES))
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -188,15 +188,21 @@ def _tensor(name: str, tensors: Mapping[str, torch.Tensor], path: tuple[Any, ...
         raise CheckpointError(f"tensor '{name}' referenced at '{_path_text(path)}' is missing") from None
 
 
-def safetensors_chunks(tensors: Mapping[str, torch.Tensor]) -> list[bytes | memoryview]:
-    """The safetensors file for ``tensors`` as buffers to write in order.
+def safetensors_chunks(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> list[bytes | memoryview]:
+    """The safetensors file for ``tensors`` (and string ``metadata``) as buffers to write in order.
 
     Layout (see the safetensors format spec): an 8-byte little-endian header
     length, a JSON header padded with spaces to a multiple of 8, then every
     tensor's bytes back to back. Tensor buffers are zero-copy views, so the
-    tensors must stay unchanged until the chunks are written.
+    tensors must stay unchanged until the chunks are written. The same input
+    always gives the same bytes (the library's own writer orders its metadata
+    differently from call to call).
     """
     header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {key: str(metadata[key]) for key in sorted(metadata)}
     payload: list[memoryview] = []
     offset = 0
     for name, tensor in tensors.items():

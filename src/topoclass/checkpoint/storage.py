@@ -7,7 +7,7 @@ Layout of a checkpoint directory (e.g. ``checkpoint_epoch_7_step_1200/``)::
     MANIFEST.json         format version, created time, epoch, step, and the
                           SHA-256 and size of every other file
 
-Commit protocol of :func:`write_checkpoint` (a crash at any point leaves either
+Commit protocol of :meth:`CheckpointStorage.write` (a crash at any point leaves either
 the previous checkpoints untouched or a directory that is visibly uncommitted):
 
 1. Everything is serialized in memory first, so a bad state tree fails before
@@ -30,17 +30,19 @@ the previous checkpoints untouched or a directory that is visibly uncommitted):
    durable after everything it describes already is.
 
 :func:`verify` re-reads every file and checks sizes and SHA-256 against the
-manifest. :func:`read` verifies the very bytes it then decodes, using only
-``safetensors`` and ``json``. Files written by ``torch.save`` or any other
-pickle-based format are refused outright, because unpickling can execute code.
+manifest, raising :class:`DamagedCheckpointError` with the problem. :func:`read`
+verifies the very bytes it then decodes, using only ``safetensors`` and ``json``.
+Files written by ``torch.save`` or any other pickle-based format are refused
+outright, because unpickling can execute code.
 
-Testing seam: if the environment variable
-``TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE`` holds an integer N, the process sends
-itself SIGKILL during its N-th checkpoint write (counted per process, from 1;
-every :func:`write_checkpoint` and every :func:`commit_directory`, such as the
-hard-linked ``best/`` of the manager, is one write), after the data files are in
-the final directory but before the manifest, leaving a torn, uncommitted
-checkpoint behind. Crash tests use it; it is inert when the variable is unset.
+Testing seam: functions in :data:`COMMIT_HOOKS` run during every commit, after
+the data files are in the final directory but before the manifest, with the number
+of that commit in this process (1, 2, ...). Crash tests put one there that sends
+the process SIGKILL, leaving a torn, uncommitted checkpoint behind; the list is
+empty in production.
+
+:class:`CheckpointStorage` owns the threads that overlap hashing, fsyncs and
+deletions with the writes; whoever creates one closes it.
 """
 
 from __future__ import annotations
@@ -50,9 +52,8 @@ import json
 import logging
 import os
 import shutil
-import signal
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,7 +62,8 @@ from typing import Any
 import safetensors.torch
 
 from topoclass.checkpoint.serialize import flatten, safetensors_chunks, unflatten
-from topoclass.errors import CheckpointError
+from topoclass.errors import CheckpointError, DamagedCheckpointError, WriteError
+from topoclass.files import TEMP_PREFIX, atomic_write, fsync_paths, write_chunks
 
 log = logging.getLogger(__name__)
 
@@ -71,49 +73,112 @@ TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
 MANIFEST_FILE = "MANIFEST.json"
 DATA_FILES = (TENSORS_FILE, STATE_FILE)
-TEMP_PREFIX = ".tmp-"
 REPLACED_PREFIX = ".replaced-"
-KILL_ENV = "TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE"
+CORRUPT_MARK = ".corrupt-"
+
+COMMIT_HOOKS: list[Callable[[int], None]] = []
 
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar"})
 _READ_CHUNK = 8 << 20
-_write_count = 0
-# Threads for work that overlaps I/O: hashing, concurrent fsyncs, deleting old checkpoints.
-_IO_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="checkpoint-io")
+_commit_count = 0
 
 
-def write_checkpoint(
-    path: Path, tree: Any, *, metadata: dict[str, Any], epoch: int, step: int | None
-) -> Path:
-    """Durably write ``tree`` and ``metadata`` as the checkpoint directory ``path``."""
-    path = Path(path)
-    tensors, json_tree = flatten(tree)
-    contents = {
-        TENSORS_FILE: safetensors_chunks(tensors),
-        STATE_FILE: [_json_bytes({"tree": json_tree, "metadata": metadata}, what="checkpoint metadata")],
-    }
-    # Hashing the big file runs in the I/O pool while the files are written and fsynced
-    # (hashlib releases the GIL), so it overlaps the I/O and nothing is read back to be hashed.
-    tensors_digest = _IO_POOL.submit(_sha256_hex, contents[TENSORS_FILE])
-    state_digest = _sha256_hex(contents[STATE_FILE])
-    temp = fresh_temp_dir(path)
-    try:
-        sizes = {name: _write_file(temp / name, chunks) for name, chunks in contents.items()}
-        fsync_paths(*(temp / name for name in contents), temp)
-        digests = {TENSORS_FILE: tensors_digest.result(), STATE_FILE: state_digest}
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "epoch": epoch,
-            "step": step,
-            "files": {name: {"sha256": digests[name], "size": sizes[name]} for name in contents},
+class CheckpointStorage:
+    """Writes and removes checkpoint directories; owns the I/O threads (close it when done)."""
+
+    def __init__(self, workers: int = 4) -> None:
+        # Hashing, concurrent fsyncs and deleting old checkpoints overlap the writes.
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checkpoint-io")
+        self._deletions: list[Future[None]] = []
+
+    def write(self, path: Path, tree: Any, *, metadata: dict[str, Any], epoch: int, step: int | None) -> Path:
+        """Durably write ``tree`` and ``metadata`` as the checkpoint directory ``path``."""
+        path = Path(path)
+        tensors, json_tree = flatten(tree)
+        contents = {
+            TENSORS_FILE: safetensors_chunks(tensors),
+            STATE_FILE: [_json_bytes({"tree": json_tree, "metadata": metadata}, what="checkpoint metadata")],
         }
-        _commit(temp, path, manifest)
-    except OSError as error:  # disk full, permissions...: nothing was committed
-        shutil.rmtree(temp, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
-    return path
+        # Hashing the big file runs in the pool while the files are written and fsynced
+        # (hashlib releases the GIL), so it overlaps the I/O and nothing is read back to be hashed.
+        tensors_digest = self._pool.submit(_sha256_hex, contents[TENSORS_FILE])
+        state_digest = _sha256_hex(contents[STATE_FILE])
+        temp = fresh_temp_dir(path)
+        try:
+            sizes = {name: write_chunks(temp / name, chunks) for name, chunks in contents.items()}
+            fsync_paths(*(temp / name for name in contents), temp, executor=self._pool)
+            digests = {TENSORS_FILE: tensors_digest.result(), STATE_FILE: state_digest}
+            manifest = new_manifest(
+                epoch, step, {name: {"sha256": digests[name], "size": sizes[name]} for name in contents}
+            )
+            self._commit(temp, path, manifest)
+        except (OSError, WriteError) as error:  # disk full, permissions...: nothing was committed
+            shutil.rmtree(temp, ignore_errors=True)
+            raise CheckpointError(f"cannot write checkpoint {path}: {_reason(error)}") from error
+        return path
+
+    def commit_directory(
+        self, temp: Path, final: Path, manifest: dict[str, Any], *, unsynced: Iterable[Path] = ()
+    ) -> None:
+        """Steps 2 (fsync) to 4 of the protocol for a temp dir whose files are written.
+
+        ``unsynced`` lists the files in ``temp`` that still need an fsync.
+        """
+        fsync_paths(*unsynced, temp, executor=self._pool)
+        self._commit(temp, final, manifest)
+
+    def _commit(self, temp: Path, final: Path, manifest: dict[str, Any]) -> None:
+        """Steps 3 and 4: rename the fsynced temp dir into place, then write the manifest."""
+        global _commit_count
+        _commit_count += 1
+        replaced = _move_existing_aside(final)
+        os.rename(temp, final)
+        for hook in COMMIT_HOOKS:
+            hook(_commit_count)
+        # The parent's fsync (making the rename durable) runs concurrently with the
+        # manifest file's: both must complete before the manifest is renamed into place.
+        data = _json_bytes(manifest, what="manifest", indent=1)
+        atomic_write(final / MANIFEST_FILE, data, also_sync=(final.parent,), executor=self._pool)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
+
+    def remove(self, path: Path) -> None:
+        """Delete a checkpoint: renamed to a temp name now (so a half-deleted one is never seen),
+        its files freed in the background (deleting large files takes a while on some filesystems).
+        """
+        path = Path(path)
+        doomed = path.parent / f"{TEMP_PREFIX}deleted-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, doomed)
+        self._deletions.append(self._pool.submit(shutil.rmtree, doomed, ignore_errors=True))
+
+    def wait_for_removals(self) -> None:
+        """Wait until removed checkpoints are gone from disk (before measuring disk use)."""
+        for deletion in self._deletions:
+            deletion.result()
+        self._deletions.clear()
+
+    def close(self) -> None:
+        """Finish pending removals and stop the I/O threads."""
+        self.wait_for_removals()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> CheckpointStorage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def new_manifest(epoch: int, step: int | None, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest that commits a checkpoint of ``files`` ({name: {sha256, size}})."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "epoch": epoch,
+        "step": step,
+        "files": files,
+    }
 
 
 def fresh_temp_dir(final: Path) -> Path:
@@ -125,75 +190,8 @@ def fresh_temp_dir(final: Path) -> Path:
     return temp
 
 
-def commit_directory(
-    temp: Path, final: Path, manifest: dict[str, Any], *, unsynced: Iterable[Path] = ()
-) -> None:
-    """Steps 2 (fsync) to 4 of the protocol for a temp dir whose files are written.
-
-    ``unsynced`` lists the files in ``temp`` that still need an fsync.
-    """
-    fsync_paths(*unsynced, temp)
-    _commit(temp, final, manifest)
-
-
-def _commit(temp: Path, final: Path, manifest: dict[str, Any]) -> None:
-    """Steps 3 and 4: rename the fsynced temp dir into place, then write the manifest."""
-    global _write_count
-    _write_count += 1
-    replaced = _move_existing_aside(final)
-    os.rename(temp, final)
-    _maybe_kill_for_test()
-    # The parent's fsync (making the rename durable) runs concurrently with the
-    # manifest file's: both must complete before the manifest is renamed into place.
-    write_manifest(final, manifest, also_sync=(final.parent,))
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
-
-
-def write_manifest(directory: Path, manifest: dict[str, Any], *, also_sync: Iterable[Path] = ()) -> None:
-    """Commit ``directory`` by atomically writing its manifest (the last step of a write)."""
-    data = _json_bytes(manifest, what="manifest", indent=1)
-    atomic_write_bytes(directory / MANIFEST_FILE, data, also_sync=also_sync)
-
-
-def atomic_write_bytes(
-    path: Path, data: bytes, *, durable: bool = True, also_sync: Iterable[Path] = ()
-) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory.
-
-    Readers see the old or the new content, never a mix. ``also_sync`` paths are
-    fsynced together with the temp file. ``durable=False`` skips the fsyncs,
-    for hints that may be lost in a crash.
-    """
-    temp = path.with_name(f"{TEMP_PREFIX}{path.name}-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    _write_file(temp, [data])
-    if durable:
-        fsync_paths(temp, *also_sync)
-    os.replace(temp, path)
-    if durable:
-        fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the entries of ``directory`` (creations, renames) durable."""
-    fsync_paths(directory)
-
-
-def fsync_paths(*paths: Path) -> None:
-    """fsync files and directories, concurrently when there are several."""
-    if len(paths) == 1:
-        _fsync_path(paths[0])
-    else:
-        list(_IO_POOL.map(_fsync_path, paths))
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _reason(error: OSError | WriteError) -> str:
+    return error.reason if isinstance(error, WriteError) else error.strerror or str(error)
 
 
 def _json_bytes(value: Any, *, what: str, indent: int | None = None) -> bytes:
@@ -201,22 +199,6 @@ def _json_bytes(value: Any, *, what: str, indent: int | None = None) -> bytes:
         return json.dumps(value, indent=indent).encode()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{what} is not JSON-serializable: {error}") from None
-
-
-def _write_file(path: Path, chunks: list[bytes | memoryview]) -> int:
-    """Write ``chunks`` to a new file with one pass over the buffers; returns its size."""
-    size = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-                size += written
-    finally:
-        os.close(fd)
-    return size
 
 
 def _sha256_hex(chunks: list[bytes | memoryview]) -> str:
@@ -236,49 +218,70 @@ def _move_existing_aside(path: Path) -> Path | None:
     return aside
 
 
-def _maybe_kill_for_test() -> None:
-    target = os.environ.get(KILL_ENV)
-    if target and target.strip().isdigit() and int(target) == _write_count:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The parsed manifest of checkpoint ``path``; CheckpointError if absent or malformed."""
+    """The parsed, well-shaped manifest of checkpoint ``path``; DamagedCheckpointError otherwise."""
     manifest_path = Path(path) / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise CheckpointError(f"{path}: missing {MANIFEST_FILE} (never committed)")
+        raise DamagedCheckpointError(path, f"missing {MANIFEST_FILE} (never committed)")
     try:
         manifest = json.loads(manifest_path.read_bytes())
     except (OSError, ValueError):
-        raise CheckpointError(f"{path}: manifest unreadable") from None
+        raise DamagedCheckpointError(path, "manifest unreadable") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path}: manifest unreadable")
+        raise DamagedCheckpointError(path, "manifest unreadable")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported format version {manifest.get('format_version')!r}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or any(name not in files for name in DATA_FILES):
-        raise CheckpointError(f"{path}: manifest unreadable")
+        raise DamagedCheckpointError(path, f"unsupported format version {manifest.get('format_version')!r}")
+    problem = _manifest_shape_problem(manifest)
+    if problem is not None:
+        raise DamagedCheckpointError(path, f"manifest malformed ({problem})")
     return manifest
 
 
-def verify(path: Path, *, full: bool = True) -> str | None:
-    """None if ``path`` is an intact checkpoint, else a one-line description of the problem.
+def _manifest_shape_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed manifest's shape, or None; valid JSON can still be nonsense."""
+    epoch, step, files = manifest.get("epoch"), manifest.get("step"), manifest.get("files")
+    if not _is_count(epoch):
+        return "epoch is not a non-negative integer"
+    if step is not None and not _is_count(step):
+        return "step is not a non-negative integer"
+    if not isinstance(files, dict) or any(name not in files for name in DATA_FILES):
+        return f"files must describe {', '.join(DATA_FILES)}"
+    for name, entry in files.items():
+        if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
+            return f"bad file name {name!r}"
+        if not isinstance(entry, dict) or not _is_count(entry.get("size")):
+            return f"{name}: size is not a non-negative integer"
+        digest = entry.get("sha256")
+        if (
+            not isinstance(digest, str)
+            or len(digest) != 64
+            or not all(c in "0123456789abcdef" for c in digest)
+        ):
+            return f"{name}: sha256 is not a hex digest"
+    return None
 
-    ``full=False`` checks the manifest, the presence and the sizes of the files
-    but skips re-hashing their contents.
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def verify(path: Path, *, full: bool = True) -> dict[str, Any]:
+    """Check that ``path`` is an intact checkpoint; returns its manifest.
+
+    Raises :class:`DamagedCheckpointError` naming the problem. ``full=False`` checks the
+    manifest, the presence and the sizes of the files but skips re-hashing their contents.
     """
     path = Path(path)
     if not path.is_dir():
-        return "not a directory" if path.exists() else "missing directory"
-    try:
-        manifest = read_manifest(path)
-    except CheckpointError as error:
-        return str(error).removeprefix(f"{path}: ")
+        raise DamagedCheckpointError(path, "not a directory" if path.exists() else "missing directory")
+    manifest = read_manifest(path)
     for name, expected in manifest["files"].items():
         problem = _check_file(path / name, expected, full=full)
         if problem is not None:
-            return f"{name}: {problem}" if not problem.startswith("missing") else problem
-    return None
+            raise DamagedCheckpointError(
+                path, problem if problem.startswith("missing") else f"{name}: {problem}"
+            )
+    return manifest
 
 
 def _check_file(file: Path, expected: dict[str, Any], *, full: bool) -> str | None:
@@ -313,18 +316,30 @@ def read(path: Path) -> tuple[Any, dict[str, Any]]:
         try:
             data[name] = (path / name).read_bytes()
         except FileNotFoundError:
-            raise CheckpointError(f"{path}: missing file {name}") from None
+            raise DamagedCheckpointError(path, f"missing file {name}") from None
         if len(data[name]) != expected["size"]:
             kind = "truncated" if len(data[name]) < expected["size"] else "size mismatch"
-            raise CheckpointError(f"{path}: {name}: {kind}")
+            raise DamagedCheckpointError(path, f"{name}: {kind}")
         if hashlib.sha256(data[name]).hexdigest() != expected["sha256"]:
-            raise CheckpointError(f"{path}: {name}: sha256 mismatch")
+            raise DamagedCheckpointError(path, f"{name}: sha256 mismatch")
     try:
         tensors = safetensors.torch.load(data[TENSORS_FILE])
         state = json.loads(data[STATE_FILE])
         return unflatten(tensors, state["tree"]), state["metadata"]
     except (ValueError, KeyError, TypeError, safetensors.SafetensorError) as error:
-        raise CheckpointError(f"{path}: undecodable content ({error})") from None
+        raise DamagedCheckpointError(path, f"undecodable content ({error})") from None
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The metadata of a checkpoint that :func:`verify` passed, without decoding its tensors."""
+    try:
+        state = json.loads((Path(path) / STATE_FILE).read_bytes())
+        metadata = state["metadata"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DamagedCheckpointError(path, f"undecodable content ({error})") from None
+    if not isinstance(metadata, dict):
+        raise DamagedCheckpointError(path, "undecodable content (metadata is not a mapping)")
+    return metadata
 
 
 def refuse_if_foreign(path: Path) -> None:
@@ -354,16 +369,6 @@ def _looks_pickled(file: Path) -> bool:
     return is_pickle or head == b"PK\x03\x04"  # torch.save's zip container holds a pickle
 
 
-def remove_checkpoint(path: Path) -> Future[None]:
-    """Delete a checkpoint: renamed to a temp name now (so a half-deleted one is never seen),
-    its files freed in the background (deleting large files takes a while on some filesystems).
-    """
-    path = Path(path)
-    doomed = path.parent / f"{TEMP_PREFIX}deleted-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(path, doomed)
-    return _IO_POOL.submit(shutil.rmtree, doomed, ignore_errors=True)
-
-
 def clean_leftovers(directory: Path) -> None:
     """Undo what a killed writer left in ``directory`` (only call while holding its lock).
 
@@ -387,22 +392,23 @@ def clean_leftovers(directory: Path) -> None:
 def _restore_replaced(aside: Path) -> None:
     name = aside.name.removeprefix(REPLACED_PREFIX).rsplit("-", 1)[0]
     original = aside.parent / name
-    problem = verify(original)
-    if problem is None:  # the replacement did get committed: the old one is obsolete
+    try:
+        verify(original)
+    except DamagedCheckpointError as damage:
+        if original.exists():
+            set_aside_as_corrupt(original, damage.problem)
+        log.warning("Restoring %s, whose replacement was never committed", original)
+        os.rename(aside, original)  # verified like any other checkpoint when it is next read
+        fsync_paths(aside.parent)
+    else:  # the replacement did get committed: the old one is obsolete
         shutil.rmtree(aside, ignore_errors=True)
-        return
-    if original.exists():
-        set_aside_as_corrupt(original, problem)
-    log.warning("Restoring %s, whose replacement was never committed", original)
-    os.rename(aside, original)  # verified like any other checkpoint when it is next read
-    fsync_directory(aside.parent)
 
 
 def set_aside_as_corrupt(path: Path, problem: str) -> Path:
     """Rename a bad checkpoint to ``<name>.corrupt-<UTC time>`` (never deleted) and log it."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    target = path.with_name(f"{path.name}{CORRUPT_MARK}{stamp}")
     log.warning("Checkpoint %s is unusable (%s); renamed it to %s", path, problem, target.name)
     os.rename(path, target)
-    fsync_directory(path.parent)
+    fsync_paths(path.parent)
     return target

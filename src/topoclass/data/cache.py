@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
+from topoclass.files import TEMP_PREFIX, temp_sibling
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
@@ -41,22 +43,36 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_entry(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write a cache entry atomically (temp directory, then rename)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+def write_entry(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bool:
+    """Write a cache entry atomically (temp directory, then rename); False if it could not be written.
+
+    A cache is an optimization: a full or read-only cache disk costs the next run a
+    featurization, never this run its work, so a failed write is a warning.
+    """
+    staging = temp_sibling(directory)
     blobs = {
         _TENSORS: save({k: v.contiguous() for k, v in tensors.items()}),
         _META: json.dumps(meta).encode(),
     }
-    for name, blob in blobs.items():
-        (staging / name).write_bytes(blob)
     manifest = {"version": CACHE_FORMAT_VERSION, "sha256": {n: _sha256(b) for n, b in blobs.items()}}
-    (staging / _MANIFEST).write_text(json.dumps(manifest))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
+    blobs[_MANIFEST] = json.dumps(manifest).encode()
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name, blob in blobs.items():
+            (staging / name).write_bytes(blob)
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging, directory)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.warning(
+            "Featurization cache not written (%s: %s); the next run featurizes again",
+            directory.parent,
+            error.strerror or error,
+        )
+        return False
+    return True
 
 
 def read_entry(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -98,7 +114,7 @@ def list_entries(root: Path) -> list[CacheEntry]:
         return []
     entries = []
     for directory in root.iterdir():
-        unfinished = directory.name.startswith(".tmp-")
+        unfinished = directory.name.startswith(TEMP_PREFIX)
         complete = not unfinished and _written_by_this_cache(directory / _MANIFEST)
         if not directory.is_dir() or not (complete or unfinished):
             continue  # not ours: a mistyped --cache-dir must never cost the user files

@@ -10,9 +10,8 @@ would hide a data problem.
 from __future__ import annotations
 
 import csv
+import io
 import logging
-import math
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +22,9 @@ from pymatgen.core import Composition, Element
 
 from topoclass.config import TaskConfig
 from topoclass.data.records import LabelValue, Material, Reject
-from topoclass.errors import DataError
+from topoclass.features.composition import quiet_electronegativity
+from topoclass.files import atomic_write
+from topoclass.tasks import label_text, task_type
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,7 @@ def formula_key(formula: str) -> str:
 
     Raises ``ValueError`` when pymatgen cannot parse the formula.
     """
-    with warnings.catch_warnings():
-        # pymatgen orders elements by electronegativity and warns for noble gases,
-        # which have none; the alphabetical key does not depend on that order.
-        warnings.filterwarnings("ignore", message="No Pauling electronegativity")
+    with quiet_electronegativity():
         return Composition(formula).reduced_composition.alphabetical_formula
 
 
@@ -130,31 +128,12 @@ def record_problem(material: Material, tasks: Sequence[TaskConfig]) -> Reject | 
     return None
 
 
-def _label_text(value: LabelValue) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
 def _resolve_classes(task: TaskConfig, materials: Sequence[Material]) -> TaskConfig:
-    """Infer a classification task's classes from the data when none were listed."""
-    if task.type != "classification" or task.classes is not None:
-        return task
-    spelled: dict[str, str] = {}
-    for material in materials:
-        value = material.labels.get(task.label_column)
-        if value is not None and _label_text(value):
-            text = _label_text(value)
-            key = text.casefold()
-            spelled[key] = min(spelled.get(key, text), text)
-    classes = sorted(spelled.values())
-    if len(classes) < 2:
-        raise DataError(
-            f"task '{task.name}': found {len(classes)} distinct class(es) {classes}, a classifier needs 2+",
-            field=task.label_column,
-        )
-    logger.info("task '%s': classes inferred from the data: %s", task.name, classes)
-    return TaskConfig.model_validate({**task.model_dump(), "classes": classes})
+    """Fill in what the task leaves to the data (a classifier's classes)."""
+    resolved = task_type(task).resolve(task, (m.labels.get(task.label_column) for m in materials))
+    if resolved.classes != task.classes:
+        logger.info("task '%s': classes inferred from the data: %s", task.name, resolved.classes)
+    return resolved
 
 
 def _canonical_labels(material: Material, tasks: Sequence[TaskConfig]) -> dict[str, LabelValue] | Reject:
@@ -166,27 +145,16 @@ def _canonical_labels(material: Material, tasks: Sequence[TaskConfig]) -> dict[s
         if value is None or (isinstance(value, str) and not value.strip()):
             labels[column] = None
             continue
-        canonical = _canonical_value(task, value)
+        kind = task_type(task)
+        canonical = kind.canonical(task, value)
         if canonical is None:
-            expected = ", ".join(task.classes or []) if task.type == "classification" else "a finite number"
-            reason = f"{column}: '{_label_text(value)}' is not one of: {expected}"
+            reason = f"{column}: '{label_text(value)}' is not one of: {kind.expected(task)}"
             return Reject(id=material.id, source=material.source, reason=reason, category="bad_label")
         labels[column] = canonical
     if all(value is None for value in labels.values()):
         reason = f"labels: every task label is missing ({', '.join(labels)})"
         return Reject(id=material.id, source=material.source, reason=reason, category="no_labels")
     return labels
-
-
-def _canonical_value(task: TaskConfig, value: LabelValue) -> LabelValue:
-    if task.type == "regression":
-        try:
-            number = float(value)  # type: ignore[arg-type]
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    by_key = {name.strip().casefold(): name for name in task.classes or []}
-    return by_key.get(_label_text(value).casefold())
 
 
 def _duplicate_key(material: Material) -> tuple[str, ...]:
@@ -264,12 +232,11 @@ def _reject_duplicate_ids(materials: Sequence[Material]) -> tuple[list[Material]
 
 def write_rejects(path: str | Path, rejects: Iterable[Reject]) -> None:
     """Write rejects as CSV with columns id, source, category, reason."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", "source", "category", "reason"])
-        writer.writeheader()
-        writer.writerows(reject.as_row() for reject in rejects)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["id", "source", "category", "reason"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(reject.as_row() for reject in rejects)
+    atomic_write(path, buffer.getvalue())
 
 
 def format_report(counts: dict[str, int]) -> str:

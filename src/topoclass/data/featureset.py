@@ -16,6 +16,7 @@ import torch
 
 from topoclass.config import TaskConfig
 from topoclass.features.composition import NUM_FORMULA_FACTS
+from topoclass.tasks import task_type
 
 if TYPE_CHECKING:
     from topoclass.features.graph_store import GraphStore
@@ -96,17 +97,9 @@ def encode_labels(labels: list[dict[str, Any]], tasks: list[TaskConfig]) -> torc
     """Canonical label dicts -> [N, T] float tensor (class index or value, NaN if missing)."""
     out = np.full((len(labels), len(tasks)), math.nan, dtype=np.float32)
     for col, task in enumerate(tasks):
-        lookup = {name: i for i, name in enumerate(task.classes or [])}
+        kind = task_type(task)
         for row, record in enumerate(labels):
             value = record.get(task.label_column)
-            if value is None:
-                continue
-            out[row, col] = lookup[value] if task.type == "classification" else float(value)
+            if value is not None:
+                out[row, col] = kind.encode(task, value)
     return torch.from_numpy(out)
-
-
-def decode_label(task: TaskConfig, value: float) -> str | float | None:
-    """Inverse of :func:`encode_labels` for one value."""
-    if math.isnan(value):
-        return None
-    return (task.classes or [])[int(value)] if task.type == "classification" else float(value)

@@ -1,28 +1,14 @@
-"""Domain records: a material as the user knows it, and a record that was turned away."""
+"""Domain records: a material as the user knows it, a record that was turned away, a dataset as read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-LabelValue = str | float | None
+from topoclass.config import TaskConfig
+from topoclass.features.structures import StructureRef
+from topoclass.tasks import LabelValue
 
-
-@dataclass(frozen=True)
-class StructureRef:
-    """Where a crystal structure comes from: a file, or inline text.
-
-    Structures are referenced, not parsed, when a dataset is read: parsing is the
-    expensive part of featurization and runs once, in worker processes, and only
-    when the featurization cache misses.
-    """
-
-    path: Path | None = None
-    text: str | None = None
-    format: str | None = None  # "cif", "poscar", "extxyz", "json"; None: inferred
-
-    def describe(self) -> str:
-        return str(self.path) if self.path is not None else "<inline structure>"
+__all__ = ["LabelValue", "Material", "RawDataset", "Reject", "StructureRef"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +44,14 @@ class Reject:
 
     def as_row(self) -> dict[str, str]:
         return {"id": self.id, "source": self.source, "category": self.category, "reason": self.reason}
+
+
+@dataclass
+class RawDataset:
+    """A dataset as read: records before cleaning, early rejects, its tasks and headline task."""
+
+    name: str
+    materials: list[Material]
+    rejects: list[Reject]
+    tasks: list[TaskConfig]
+    main_task: str

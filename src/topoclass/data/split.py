@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,30 +22,30 @@ from topoclass.config import TaskConfig
 from topoclass.data.clean import formula_key
 from topoclass.data.records import Material
 from topoclass.errors import DataError
+from topoclass.files import atomic_write
+from topoclass.tasks import task_type
 
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
-REGRESSION_STRATA = 5  # quantile bins when the main task is a number
 
 
 def split_materials(
     materials: Sequence[Material],
-    main_task: str | TaskConfig,
+    main_task: TaskConfig,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Split into train/val/test index arrays, grouped by reduced formula, stratified by the main label.
 
-    ``main_task`` is a task (or the name of its label column). Materials that
-    lack the main label are still assigned, as a stratum of their own.
+    Materials that lack the main label are still assigned, as a stratum of their own.
     """
     targets = _check_fractions(fractions)
-    column = main_task.label_column if isinstance(main_task, TaskConfig) else main_task
+    column = main_task.label_column
     if materials and all(column not in material.labels for material in materials):
         raise DataError(f"main task label column '{column}' not found in the materials", field=column)
 
-    strata = _strata(materials, column)
+    strata = _strata(materials, main_task)
     group_of = [_group_key(material) for material in materials]
     group_names = sorted(set(group_of))
     group_index = {name: i for i, name in enumerate(group_names)}
@@ -95,15 +94,9 @@ def _group_key(material: Material) -> str:
         return f"unparsed:{material.formula.strip()}"
 
 
-def _strata(materials: Sequence[Material], column: str) -> np.ndarray:
-    """One integer stratum per material: its class, a quantile bin of a number, or 'missing'."""
-    values = [material.labels.get(column) for material in materials]
-    present = [value for value in values if value is not None]
-    if present and all(isinstance(value, float) for value in present):
-        edges = np.quantile(np.asarray(present, dtype=float), np.linspace(0, 1, REGRESSION_STRATA + 1)[1:-1])
-        keys = ["missing" if v is None else f"bin{int(np.searchsorted(edges, v))}" for v in values]
-    else:
-        keys = ["missing" if v is None else str(v) for v in values]
+def _strata(materials: Sequence[Material], task: TaskConfig) -> np.ndarray:
+    """One integer stratum per material, as the main task's type defines them."""
+    keys = task_type(task).strata([material.labels.get(task.label_column) for material in materials])
     names = {name: i for i, name in enumerate(sorted(set(keys)))}
     return np.array([names[key] for key in keys], dtype=np.int64)
 
@@ -114,17 +107,17 @@ def _ids_digest(ids: Sequence[str]) -> str:
 
 def save_split(path: str | Path, split: dict[str, np.ndarray], ids: Sequence[str]) -> None:
     """Write the split as ids (not positions), with a SHA-256 of the dataset's sorted ids."""
-    path = Path(path)
     tree: dict[str, object] = {name: [ids[int(i)] for i in split[name]] for name in SPLIT_NAMES}
     tree["ids_sha256"] = _ids_digest(ids)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(tree, indent=1))
-    os.replace(temporary, path)  # a crash leaves the old file or the new one, never half of one
+    atomic_write(path, json.dumps(tree, indent=1))
 
 
 def load_split(path: str | Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """Map a saved split back to indices into ``ids``; DataError if the dataset changed since."""
+    """Map a saved split back to indices into ``ids``; DataError if the dataset changed since.
+
+    Each part keeps the order of the saved ids, so data read in another order yields the
+    same materials in the same order, and a resumed run draws the same batches.
+    """
     path = Path(path)
     try:
         tree = json.loads(path.read_text())
@@ -147,12 +140,12 @@ def load_split(path: str | Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
         raise DataError(
             f"the dataset changed since this split was made: {len(missing)} saved ids are gone"
             f"{_examples(missing)}, {len(added)} ids are new{_examples(added)};"
-            " use the same data or delete the split file to make a new split",
+            " this run cannot continue on other materials; start a new run with --run-dir",
             file=path,
         )
     if tree.get("ids_sha256") != _ids_digest(ids):
         raise DataError("checksum 'ids_sha256' does not match the ids in the file (edited?)", file=path)
-    return {name: np.array(sorted(position[i] for i in tree[name]), dtype=np.int64) for name in SPLIT_NAMES}
+    return {name: np.array([position[i] for i in tree[name]], dtype=np.int64) for name in SPLIT_NAMES}
 
 
 def _examples(items: Sequence[str], limit: int = 3) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -98,9 +99,22 @@ def parse_composition(formula: str) -> dict[int, float]:
     return {element.Z: float(amount) for element, amount in fractions.items()}
 
 
+@contextmanager
+def quiet_electronegativity() -> Iterator[None]:
+    """Silence pymatgen's "No Pauling electronegativity for Ar" (it sorts elements by it).
+
+    Noble gases have none; nothing here depends on that order, and the warning would reach
+    the user once per such element.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No Pauling electronegativity")
+        yield
+
+
 def material_descriptors(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.ndarray:
     """Whole-material facts, shape [N, NUM_DESCRIPTORS]: the formula's, then band filling's."""
-    return np.hstack([composition_descriptors(formulas), filling_facts(formulas, spacegroups)])
+    with quiet_electronegativity():
+        return np.hstack([composition_descriptors(formulas), filling_facts(formulas, spacegroups)])
 
 
 def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:

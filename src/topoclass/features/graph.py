@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from topoclass.data.structures import PeriodicNeighbors, periodic_neighbors
+from topoclass.features.structures import PeriodicNeighbors, periodic_neighbors
 
 # Distances closer than this count as ties; ties are broken by neighbour index and image so
 # the chosen edges never depend on the order a neighbour search returns pairs in.

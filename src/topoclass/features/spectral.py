@@ -50,14 +50,24 @@ class Spectrum:
     mask: np.ndarray  # bool [k], False for padding (graph has fewer than k nodes)
     eigenvectors: np.ndarray  # float32 [n, k], columns of padding are 0
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.eigenvalues.nbytes + self.mask.nbytes + self.eigenvectors.nbytes)
+
 
 class SpectralCache:
-    """Bounded in-memory LRU cache of spectra, keyed by :func:`graph_key`."""
+    """LRU cache of spectra keyed by :func:`graph_key`, bounded by the bytes its arrays hold.
 
-    def __init__(self, max_entries: int = 100_000) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self.max_entries = max_entries
+    Many crystals share a graph (every rock-salt cell has the same one), so one
+    featurization computes each distinct graph once. A cache lives as long as the
+    featurization that made it: nothing of it stays in the process afterwards.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[str, Spectrum] = OrderedDict()
@@ -72,23 +82,17 @@ class SpectralCache:
         return spectrum
 
     def put(self, key: str, spectrum: Spectrum) -> None:
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self.bytes -= previous.nbytes
         self._entries[key] = spectrum
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        """Drop every entry (counters are kept: they describe the whole run)."""
-        self._entries.clear()
+        self.bytes += spectrum.nbytes
+        while self.bytes > self.max_bytes and len(self._entries) > 1:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.nbytes
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-# The process's spectra, shared by every featurization in it: many crystals share a graph
-# (every rock-salt cell has the same one), and predicting for new structures repeats graphs
-# already seen. The trainer clears it on a cadence (``train.clear_caches_every_epochs``).
-PROCESS_SPECTRAL_CACHE = SpectralCache()
 
 
 def graph_key(num_nodes: int, edge_index: np.ndarray, k: int) -> str:

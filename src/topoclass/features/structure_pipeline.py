@@ -23,18 +23,18 @@ import numpy as np
 from tqdm import tqdm
 
 from topoclass.config import GraphConfig
-from topoclass.data.records import StructureRef
-from topoclass.data.structures import (
+from topoclass.errors import DataError
+from topoclass.features.graph import CrystalGraph, build_crystal_graph
+from topoclass.features.graph_store import GraphStore
+from topoclass.features.spectral import SpectralCache, laplacian_spectra
+from topoclass.features.structures import (
+    StructureRef,
     check_structure,
     periodic_neighbors,
     read_structure,
     reduced_formula,
     spglib_spacegroup,
 )
-from topoclass.errors import DataError
-from topoclass.features.graph import CrystalGraph, build_crystal_graph
-from topoclass.features.graph_store import GraphStore
-from topoclass.features.spectral import PROCESS_SPECTRAL_CACHE, SpectralCache, laplacian_spectra
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,23 @@ class StructureFeatures:
 
 
 def featurize_one(
-    ref: StructureRef, find_spacegroup: bool, *, cutoff: float, max_neighbors: int, symprec: float
+    ref: StructureRef,
+    find_spacegroup: bool,
+    *,
+    cutoff: float,
+    max_neighbors: int,
+    symprec: float,
+    with_graph: bool = True,
 ) -> _Outcome:
-    """Read -> check -> formula (and space group) -> graph for one structure; failures become reasons."""
+    """Read -> check -> formula (and space group) -> graph for one structure; failures become reasons.
+
+    Without ``with_graph`` only the formula (and space group) are derived: no neighbour search.
+    """
     try:
         structure = read_structure(ref)
+        if not with_graph:
+            spacegroup = spglib_spacegroup(structure, symprec) if find_spacegroup else None
+            return reduced_formula(structure), spacegroup, None, None
         neighbors = periodic_neighbors(structure, cutoff)
         problem = check_structure(structure, cutoff=cutoff, neighbors=neighbors)
         if problem is not None:
@@ -98,23 +110,33 @@ def featurize_structures(
     *,
     find_spacegroup: Sequence[bool] | None = None,
     workers: int = 0,
-    progress: bool = True,
+    with_graphs: bool = True,
+    progress: bool | None = None,
     device: str | None = "auto",
-    spectral_cache: SpectralCache | None = PROCESS_SPECTRAL_CACHE,
+    spectral_cache: SpectralCache | None = None,
 ) -> StructureFeatures:
     """Featurize ``refs`` with ``workers`` processes (0: one per CPU core; 1: in this process).
 
     ``find_spacegroup[i]`` says whether to search reference i's space group (default: all).
-    Spectra of graphs already in ``spectral_cache`` are reused (None: compute every one).
+    Without ``with_graphs`` only formulas and space groups are derived. Each distinct graph's
+    spectrum is computed once, through ``spectral_cache`` (default: one for this call only).
+    The progress bar (default) is drawn only on a terminal: redrawn into a batch job's log
+    it is thousands of lines of noise.
     """
     searches = [True] * len(refs) if find_spacegroup is None else list(find_spacegroup)
     if len(searches) != len(refs):
         raise ValueError(f"find_spacegroup has {len(searches)} entries for {len(refs)} structures")
     work = partial(
-        featurize_one, cutoff=graph.cutoff, max_neighbors=graph.max_neighbors, symprec=graph.symprec
+        featurize_one,
+        cutoff=graph.cutoff,
+        max_neighbors=graph.max_neighbors,
+        symprec=graph.symprec,
+        with_graph=with_graphs,
     )
     start = time.perf_counter()
     workers = workers or os.cpu_count() or 1
+    if progress is None:
+        progress = sys.stderr.isatty()
     bar = tqdm(total=len(refs), desc="featurizing structures", unit="structure", disable=not progress)
     outcomes: list[_Outcome] = []
     with bar:
@@ -133,7 +155,9 @@ def featurize_structures(
     graph_index = np.full(len(outcomes), -1, dtype=np.int64)
     graph_index[[i for i, outcome in enumerate(outcomes) if outcome[3] is not None]] = np.arange(len(graphs))
     parsed = time.perf_counter()
-    spectra = laplacian_spectra(graphs, graph.spectral_k, device=device, cache=spectral_cache)
+    spectra = laplacian_spectra(
+        graphs, graph.spectral_k, device=device, cache=spectral_cache or SpectralCache()
+    )
     logger.info(
         "featurized %d structures with %d workers in %.1f s (%.1f s of it for Laplacian spectra)",
         len(refs),

@@ -6,11 +6,7 @@ from torch import nn
 
 from topoclass.config import TaskConfig
 from topoclass.model.encoders import mlp
-
-
-def output_width(task: TaskConfig) -> int:
-    """Logits per class for classification, one value for regression."""
-    return len(task.classes or []) if task.type == "classification" else 1
+from topoclass.tasks import task_type
 
 
 class TaskHeads(nn.ModuleDict):
@@ -18,5 +14,8 @@ class TaskHeads(nn.ModuleDict):
 
     def __init__(self, tasks: list[TaskConfig], hidden_dim: int, dropout: float) -> None:
         super().__init__(
-            {task.name: mlp(hidden_dim, hidden_dim, output_width(task), dropout) for task in tasks}
+            {
+                task.name: mlp(hidden_dim, hidden_dim, task_type(task).output_width(task), dropout)
+                for task in tasks
+            }
         )

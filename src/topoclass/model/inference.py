@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from topoclass.config import TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.loader import ordered_batches
 from topoclass.model.multitask import MultitaskModel
+from topoclass.tasks import task_type
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -33,8 +36,6 @@ def raw_outputs(
     return {name: torch.cat(parts) for name, parts in collected.items()}
 
 
-def to_probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Softmax for classification logits; regression values unchanged."""
-    return {
-        name: (torch.softmax(out, dim=-1) if out.dim() == 2 else out).numpy() for name, out in outputs.items()
-    }
+def predictions(tasks: Sequence[TaskConfig], outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Raw outputs to what each task predicts (class probabilities, values)."""
+    return {task.name: task_type(task).predictions(outputs[task.name]) for task in tasks}

@@ -2,8 +2,9 @@
 
 Everything that must survive a crash (model, optimizer, schedule, grad scaler,
 sampler position, RNG streams, this trainer's own counters and history) follows
-one state protocol, ``state_dict()`` / ``load_state_dict()``, and is saved
-together by the checkpoint manager, which knows nothing about what it saves.
+one state protocol, ``state_dict()`` / ``load_state_dict()``, and is handed to
+the checkpoint manager once. The trainer then only reports events (a step
+finished, an epoch ended); the manager decides what to write and when.
 """
 
 from __future__ import annotations
@@ -21,22 +22,25 @@ import torch
 from tqdm import tqdm
 
 from topoclass import __version__
-from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, load_component
-from topoclass.checkpoint.state import RNGState
+from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint
+from topoclass.checkpoint.state import RNGState, Stateful
 from topoclass.config import Config, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.loader import ResumableBatchSampler
-from topoclass.evaluation.metrics import evaluate_tasks
-from topoclass.features.spectral import PROCESS_SPECTRAL_CACHE
-from topoclass.model.inference import move_batch, raw_outputs, to_probabilities
+from topoclass.errors import CheckpointError
+from topoclass.files import atomic_write
+from topoclass.model.inference import move_batch, predictions, raw_outputs
 from topoclass.model.multitask import MultitaskModel
+from topoclass.tasks import score_tasks, task_type
 from topoclass.train.averaging import WeightAverage
-from topoclass.train.device import seed_everything, select_device
-from topoclass.train.loss import MultitaskLoss, class_weights
+from topoclass.train.device import seed_everything
+from topoclass.train.loss import MultitaskLoss
 from topoclass.train.schedule import LearningRateSchedule
 from topoclass.train.signals import StopRequest
 
 logger = logging.getLogger(__name__)
+
+VALIDATION_BATCH = 1024
 
 
 @dataclass
@@ -76,7 +80,7 @@ def build_model(config: Config, tasks: list[TaskConfig]) -> MultitaskModel:
 
 
 class Trainer:
-    """Trains a multitask model on one split, checkpointing as it goes."""
+    """Trains a multitask model on one split; a checkpoint manager saves it as it goes."""
 
     def __init__(
         self,
@@ -84,19 +88,19 @@ class Trainer:
         features: FeatureSet,
         split: dict[str, torch.Tensor],
         *,
-        run_dir: Path,
+        device: torch.device,
         checkpoints: CheckpointManager,
         stop: StopRequest,
-        code_revision: str | None = None,
+        metrics_file: Path,
+        run_metadata: dict[str, Any],
     ) -> None:
         train = config.train
         self.config, self.features, self.split = config, features, split
-        self.run_dir, self.checkpoints, self.stop = run_dir, checkpoints, stop
-        self.code_revision = code_revision
+        self.device, self.checkpoints, self.stop = device, checkpoints, stop
+        self.metrics_file = metrics_file
+        self.run_metadata = run_metadata
         self.resumed_from: str | None = None
-        self.checkpoint_seconds = 0.0  # wall time spent writing checkpoints in this process
         self.last_epoch_rate = 0.0  # training samples per second in the last epoch
-        self.device = select_device(train.device)
         logger.info("Using device: %s", self.device)
         seed_everything(train.seed, deterministic=train.deterministic)
         self.model = build_model(config, features.tasks).to(self.device)
@@ -118,28 +122,22 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.loss = MultitaskLoss(
             features.tasks,
+            features.labels[split["train"]],
             focal_gamma=train.focal_gamma,
-            weights=self._class_weights(),
             label_smoothing=train.label_smoothing,
+            device=self.device,
         )
         # Evaluation uses an exponential moving average of the weights: smoother than the last step.
         self.averaged = WeightAverage(self.model, train.ema_decay) if train.ema_decay else None
         self.rng = RNGState()
         self.state = TrainerState()
         self.with_graphs = config.data.use_structure
+        checkpoints.attach(self.stateful(), self._metadata)
         logger.info(
             "Data loaders created. Train: %d batches, Val: %d batches",
             len(self.sampler),
             math.ceil(len(split["val"]) / train.batch_size),
         )
-
-    def _class_weights(self) -> dict[str, torch.Tensor]:
-        labels = self.features.labels[self.split["train"]]
-        weights = {}
-        for column, task in enumerate(self.features.tasks):
-            if task.type == "classification" and task.class_weighting:
-                weights[task.name] = class_weights(labels[:, column], len(task.classes or [])).to(self.device)
-        return weights
 
     @property
     def evaluated_model(self) -> MultitaskModel:
@@ -148,7 +146,8 @@ class Trainer:
 
     # -- state protocol ---------------------------------------------------------------------------
 
-    def stateful(self) -> dict[str, Any]:
+    def stateful(self) -> dict[str, Stateful]:
+        """Everything a checkpoint holds, by name."""
         return {
             "model": self.model,
             "optimizer": self.optimizer,
@@ -160,37 +159,47 @@ class Trainer:
             "rng": self.rng,
         }
 
-    def restore(self, checkpoint: LoadedCheckpoint) -> None:
-        """Load every component's state from a checkpoint."""
-        saved_split = checkpoint.state["split"]
-        for name, rows in self.split.items():
-            if not torch.equal(torch.as_tensor(saved_split[name]), rows):
-                raise ValueError(f"the {name} split differs from the checkpoint's")
-        for name, component in self.stateful().items():
-            load_component(checkpoint, name, component, checkpoint.state[name])
-        self.resumed_from = str(checkpoint.path)
-
-    def _save(self, tag: CheckpointTag, *, is_best: bool = False, best_only: bool = False) -> None:
-        started = time.perf_counter()
-        state = {name: component.state_dict() for name, component in self.stateful().items()}
-        state["split"] = dict(self.split)
-        metadata = {
+    def _metadata(self, tag: CheckpointTag) -> dict[str, Any]:
+        return {
+            **self.run_metadata,
             "epoch": tag.epoch,
             "step": tag.step,
             "global_step": self.state.global_step,
             "best_val_loss": self.state.best_val_loss,
             "config": self.config.to_dict(),
             "package_version": __version__,
-            "code_revision": self.code_revision,
             "resumed_from": self.resumed_from,
             "tasks": [task.model_dump(mode="json") for task in self.features.tasks],
             "history": self.state.history,
         }
-        if best_only:
-            self.checkpoints.save_best(tag, state, metadata=metadata)
-        else:
-            self.checkpoints.save(tag, state, metadata=metadata, is_best=is_best)
-        self.checkpoint_seconds += time.perf_counter() - started
+
+    def restore(self, checkpoint: LoadedCheckpoint) -> None:
+        """Continue from ``checkpoint``: the same split, then every component's state."""
+        saved = checkpoint.metadata.get("split_ids_sha256")
+        if saved is None:
+            raise CheckpointError(
+                f"{checkpoint.path}: written by topoclass {checkpoint.metadata.get('package_version', '?')}, "
+                "which did not record its split; evaluate or predict with it, or train anew"
+            )
+        if saved != self.run_metadata["split_ids_sha256"]:
+            raise CheckpointError(
+                f"{checkpoint.path}: the checkpoint was trained on another split of the data; "
+                "resume it in its own run directory, or start a new run with --run-dir"
+            )
+        self.checkpoints.restore(checkpoint)
+        self.resumed_from = str(checkpoint.path)
+
+    def describe_position(self) -> str:
+        """Where a restored run continues, in the words of the checkpoint names."""
+        state, sampler = self.state, self.sampler
+        if state.early_stopped or state.completed_epochs >= self.config.train.epochs:
+            return "This run had already finished; nothing to train"
+        if sampler.position and sampler.epoch == state.completed_epochs + 1:
+            return (
+                f"Resuming from epoch {sampler.epoch}, step {state.global_step} "
+                f"(batch {sampler.position} of {len(sampler)})"
+            )
+        return f"Resuming from epoch {state.completed_epochs + 1}"
 
     # -- training -----------------------------------------------------------------------------------
 
@@ -203,9 +212,9 @@ class Trainer:
             elapsed = time.perf_counter() - started
             logger.info(
                 "Checkpointing took %.2f s of %.1f s training (%.2f%%)",
-                self.checkpoint_seconds,
+                self.checkpoints.seconds,
                 elapsed,
-                100 * self.checkpoint_seconds / max(elapsed, 1e-9),
+                100 * self.checkpoints.seconds / max(elapsed, 1e-9),
             )
 
     def _fit(self) -> FitResult:
@@ -218,26 +227,14 @@ class Trainer:
             if not self._train_epoch(epoch):
                 return FitResult("stopped", self.state)
             improved = self._end_epoch(epoch)
-            self._clear_caches_if_due(epoch)
             self.state.early_stopped = self.state.epochs_without_improvement >= self.config.train.patience
             last = self.state.early_stopped or epoch == epochs
-            tag = CheckpointTag(epoch, None)
-            if self.checkpoints.due_end_of_epoch(epoch) or last or self.stop.requested:
-                self._save(tag, is_best=improved)
-            elif improved:
-                self._save(tag, best_only=True)
+            self.checkpoints.on_epoch_end(epoch, improved=improved, last=last, stop=self.stop.requested)
             if self.stop.requested and not last:
                 return FitResult("stopped", self.state)
         if self.state.early_stopped:
             logger.info("Early stopping: no val-loss improvement for %d epochs", self.config.train.patience)
         return FitResult("early_stopped" if self.state.early_stopped else "finished", self.state)
-
-    def _clear_caches_if_due(self, epoch: int) -> None:
-        """Bound the memory that in-memory caches hold over a long run; they refill on demand."""
-        every = self.config.train.clear_caches_every_epochs
-        if every and epoch % every == 0 and len(PROCESS_SPECTRAL_CACHE):
-            logger.debug("Clearing %d cached spectra", len(PROCESS_SPECTRAL_CACHE))
-            PROCESS_SPECTRAL_CACHE.clear()
 
     def _train_epoch(self, epoch: int) -> bool:
         """One pass over the training batches; False if a stop request interrupted it."""
@@ -265,10 +262,14 @@ class Trainer:
             if self.stop.requested:
                 bar.close()
                 logger.warning("Stop requested (%s): saving a checkpoint", self.stop.signal_name)
-                self._save(CheckpointTag(epoch, self.state.global_step))
+            saved = self.checkpoints.on_step(
+                epoch,
+                self.state.global_step,
+                epoch_done=self.sampler.position >= total,
+                stop=self.stop.requested,
+            )
+            if saved and self.stop.requested:
                 return False
-            if self.sampler.position < total and self.checkpoints.due_mid_epoch(self.state.global_step):
-                self._save(CheckpointTag(epoch, self.state.global_step))
         bar.close()
         self.last_epoch_rate = samples_seen / max(time.perf_counter() - started, 1e-9)
         return True
@@ -301,10 +302,10 @@ class Trainer:
             "val_loss": val_loss,
             "lr": self.schedule.current_lr,
         }
-        for task, values in metrics.items():
-            for key in ("accuracy", "macro_f1", "mae"):
-                if values.get(key) is not None:
-                    row[f"val_{task}_{key}"] = values[key]
+        for task in self.features.tasks:
+            for key in task_type(task).headline_metrics:
+                if metrics[task.name].get(key) is not None:
+                    row[f"val_{task.name}_{key}"] = metrics[task.name][key]
         self.schedule.on_epoch_end(val_loss)
         improved = val_loss < self.state.best_val_loss
         if improved:
@@ -315,7 +316,10 @@ class Trainer:
         self.state.history.append(row)
         self.state.completed_epochs = epoch
         self.state.epoch_loss_sum, self.state.epoch_samples = 0.0, 0
-        self._write_metrics_file()
+        # Rewritten whole from the history, so epochs replayed after a crash never appear twice.
+        atomic_write(
+            self.metrics_file, "".join(json.dumps(r) + "\n" for r in self.state.history), durable=False
+        )
         summary = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
         logger.info(
             "Epoch %d/%d: %s, %.0f samples/s%s",
@@ -330,15 +334,10 @@ class Trainer:
     def validate(self, split_name: str) -> tuple[float, dict[str, dict[str, Any]]]:
         """Mean loss and per-task metrics on a split."""
         rows = self.split[split_name]
-        outputs = raw_outputs(self.evaluated_model, self.features, rows, batch_size=1024, device=self.device)
+        outputs = raw_outputs(
+            self.evaluated_model, self.features, rows, batch_size=VALIDATION_BATCH, device=self.device
+        )
         labels = self.features.labels[rows]
         loss, _ = self.loss(outputs, labels)
-        metrics = evaluate_tasks(self.features.tasks, labels.numpy(), to_probabilities(outputs))
+        metrics = score_tasks(self.features.tasks, labels.numpy(), predictions(self.features.tasks, outputs))
         return float(loss), metrics
-
-    def _write_metrics_file(self) -> None:
-        # Rewritten whole from the history, so epochs replayed after a crash never appear twice.
-        path = self.run_dir / "metrics.jsonl"
-        staging = path.with_suffix(".jsonl.tmp")
-        staging.write_text("".join(json.dumps(row) + "\n" for row in self.state.history))
-        staging.replace(path)

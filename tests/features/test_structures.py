@@ -12,14 +12,14 @@ from pymatgen.io.cif import CifWriter
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from topoclass.data.records import StructureRef
-from topoclass.data.structures import (
+from topoclass.errors import DataError
+from topoclass.features.structures import (
     check_structure,
     read_structure,
     reduced_formula,
     spglib_spacegroup,
     structure_format,
 )
-from topoclass.errors import DataError
 
 CUTOFF = 6.0
 

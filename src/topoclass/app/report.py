@@ -7,9 +7,9 @@ module (or calling it from a training process) has no side effects.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, roc_curve
+
+from topoclass.errors import WriteError
+from topoclass.files import atomic_write
 
 CLASSIFICATION_COLUMNS = [
     ("accuracy", "accuracy"),
@@ -144,7 +147,10 @@ def write_evaluation(
     ``training_curves``.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(out_dir, error) from error
     written = {"metrics": _write_json(out_dir / "metrics.json", results)}
     for model, tasks in results.items():
         for task, metrics in tasks.items():
@@ -215,15 +221,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    # Written beside the target and renamed, so an interrupted run never leaves half a file.
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
-    os.replace(partial, path)
+    atomic_write(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n", durable=False)
     return path
 
 
 def _save(figure: Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=_DPI, format="png")
+    image = io.BytesIO()
+    figure.savefig(image, dpi=_DPI, format="png")
+    atomic_write(path, image.getvalue(), durable=False)
     return path

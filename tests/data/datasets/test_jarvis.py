@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from topoclass.data.jarvis import CLASS_FILE, STRUCTURE_FILE, VALUE_FILE, load_jarvis, published_split
-from topoclass.data.structures import read_structure
+from topoclass.config import DataConfig
+from topoclass.data.datasets.jarvis import (
+    CLASS_FILE,
+    STRUCTURE_FILE,
+    VALUE_FILE,
+    load_jarvis,
+    published_split,
+)
 from topoclass.errors import DataError
+from topoclass.features.structures import read_structure
 
 
 def write_zip(path: Path, member: str, tree: object) -> None:
@@ -42,7 +49,7 @@ def small_dir(tmp_path) -> Path:
 
 def test_only_ids_with_structure_and_label_become_materials(small_dir, caplog):
     with caplog.at_level(logging.WARNING):
-        raw = load_jarvis(small_dir)
+        raw = load_jarvis(DataConfig(data_dir=small_dir))
     assert "only 3 materials" in caplog.text
     by_id = {m.id: m for m in raw.materials}
     assert sorted(by_id) == ["J-1", "J-3", "J-4"] and raw.rejects == []
@@ -56,12 +63,12 @@ def test_only_ids_with_structure_and_label_become_materials(small_dir, caplog):
 
 
 def test_published_split_is_kept_in_the_source(small_dir):
-    splits = {m.id: published_split(m) for m in load_jarvis(small_dir).materials}
+    splits = {m.id: published_split(m) for m in load_jarvis(DataConfig(data_dir=small_dir)).materials}
     assert splits == {"J-1": "train", "J-3": "val", "J-4": "test"}  # the label file's split
 
 
 def test_escaped_poscar_text_is_readable(small_dir):
-    material = next(m for m in load_jarvis(small_dir).materials if m.id == "J-3")
+    material = next(m for m in load_jarvis(DataConfig(data_dir=small_dir)).materials if m.id == "J-3")
     assert material.structure.format == "poscar" and "\\n" not in material.structure.text
     structure = read_structure(material.structure)
     assert structure.composition.reduced_formula == "NaCl"
@@ -71,20 +78,20 @@ def test_escaped_poscar_text_is_readable(small_dir):
 def test_missing_or_broken_files_are_data_errors(small_dir):
     (small_dir / "jarvis" / VALUE_FILE).write_bytes(b"not a zip")
     with pytest.raises(DataError, match=VALUE_FILE):
-        load_jarvis(small_dir)
+        load_jarvis(DataConfig(data_dir=small_dir))
     (small_dir / "jarvis" / VALUE_FILE).unlink()
     with pytest.raises(DataError, match="file not found"):
-        load_jarvis(small_dir)
+        load_jarvis(DataConfig(data_dir=small_dir))
     write_zip(small_dir / "jarvis" / VALUE_FILE, "x.json", {"training": {}})
     with pytest.raises(DataError, match="keys among"):
-        load_jarvis(small_dir)
+        load_jarvis(DataConfig(data_dir=small_dir))
 
 
 def test_real_dataset_has_the_294_labelled_structures():
     value = os.environ.get("TOPOCLASS_DATA_DIR")
     if not value or not (Path(value) / "jarvis").is_dir():
         pytest.skip("set TOPOCLASS_DATA_DIR to a folder holding jarvis/ to run this test")
-    raw = load_jarvis(Path(value))
+    raw = load_jarvis(DataConfig(data_dir=Path(value)))
     assert len(raw.materials) == 294
     assert sum(m.labels["spillage_class"] == "high" for m in raw.materials) == 207
     assert all(

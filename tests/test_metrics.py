@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from topoclass.config import TaskConfig
-from topoclass.evaluation.metrics import classification_metrics, evaluate_tasks, regression_metrics
+from topoclass.metrics import classification_metrics, regression_metrics
 
 CLASSES = ["trivial", "TI", "TCI", "semimetal"]
 
@@ -134,48 +133,3 @@ def test_regression_r2_undefined_is_none():
     constant = regression_metrics(np.array([1.0, 1.0]), np.array([1.0, 2.0]))
     assert constant["r2"] is None
     assert constant["mae"] == pytest.approx(0.5)
-
-
-def test_evaluate_tasks_skips_missing_labels():
-    tasks = [
-        TaskConfig(name="topology", classes=["trivial", "topological"]),
-        TaskConfig(name="gap", type="regression"),
-    ]
-    labels = np.array([[0.0, 1.0], [1.0, np.nan], [np.nan, 3.0], [1.0, 5.0]])
-    # The row with a NaN topology label is predicted wrongly on purpose: it must not count.
-    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.0, 1.0], [0.3, 0.7]])
-    gap = np.array([1.0, 100.0, 3.0, 4.0])
-
-    results = evaluate_tasks(tasks, labels, {"topology": probabilities, "gap": gap})
-
-    assert results["topology"]["n"] == 3
-    assert results["topology"]["accuracy"] == 1.0
-    assert results["topology"]["classes"] == ["trivial", "topological"]
-    assert results["gap"]["n"] == 3
-    assert results["gap"]["mae"] == pytest.approx(1 / 3)
-
-
-def test_evaluate_tasks_without_labelled_rows_gives_n_zero():
-    tasks = [TaskConfig(name="topology", classes=["a", "b"])]
-    labels = np.full((3, 1), np.nan)
-
-    results = evaluate_tasks(tasks, labels, {"topology": np.full((3, 2), 0.5)})
-
-    assert results == {"topology": {"n": 0}}
-
-
-def test_evaluate_tasks_names_classes_by_id_when_unnamed():
-    tasks = [TaskConfig(name="kind")]
-    results = evaluate_tasks(tasks, np.array([[0.0], [2.0]]), {"kind": one_hot([0, 2], 3)})
-
-    assert results["kind"]["classes"] == ["0", "1", "2"]
-
-
-def test_evaluate_tasks_names_the_task_on_errors():
-    tasks = [TaskConfig(name="topology", classes=["a", "b"])]
-    with pytest.raises(ValueError, match="topology"):
-        evaluate_tasks(tasks, np.zeros((2, 1)), {})
-    with pytest.raises(ValueError, match="topology"):
-        evaluate_tasks(tasks, np.array([[0.0], [5.0]]), {"topology": np.full((2, 2), 0.5)})
-    with pytest.raises(ValueError, match="expected"):
-        evaluate_tasks(tasks, np.zeros((2, 3)), {"topology": np.full((2, 2), 0.5)})

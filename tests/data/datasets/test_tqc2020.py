@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from topoclass.config import DataConfig
-from topoclass.data.registry import load_dataset
-from topoclass.data.tqc2020 import load_tqc2020
+from topoclass.data.datasets import load_dataset
+from topoclass.data.datasets.tqc2020 import load_tqc2020
 from topoclass.errors import DataError
 
 LABELS = (
@@ -33,7 +33,7 @@ def small_dir(tmp_path) -> Path:
 
 
 def test_rows_become_materials_with_three_undecorated_labels(small_dir):
-    raw = load_tqc2020(small_dir)
+    raw = load_tqc2020(DataConfig(data_dir=small_dir))
     assert raw.name == "tqc2020" and raw.main_task == "topo_class"
     assert [(t.name, t.classes) for t in raw.tasks] == [
         ("topo_class", ["trivial", "TI", "SM"]),
@@ -51,7 +51,7 @@ def test_rows_become_materials_with_three_undecorated_labels(small_dir):
 
 
 def test_missing_structures_and_malformed_rows_are_rejects(small_dir):
-    rejects = {r.id: r for r in load_tqc2020(small_dir).rejects}
+    rejects = {r.id: r for r in load_tqc2020(DataConfig(data_dir=small_dir)).rejects}
     assert rejects["mp-3"].category == "missing_structure" and "mp-3.cif" in rejects["mp-3"].reason
     assert rejects["mp-5"].category == "malformed_line" and rejects["mp-5"].source == "tqc2020/labels.csv:6"
     assert len(rejects) == 2
@@ -61,10 +61,10 @@ def test_missing_or_wrong_files_are_data_errors(small_dir):
     labels = small_dir / "tqc2020" / "labels.csv"
     labels.write_text("id,topo_class\nmp-1,SM\n")
     with pytest.raises(DataError, match="header must be"):
-        load_tqc2020(small_dir)
+        load_tqc2020(DataConfig(data_dir=small_dir))
     labels.unlink()
     with pytest.raises(DataError, match=r"labels\.csv"):
-        load_tqc2020(small_dir)
+        load_tqc2020(DataConfig(data_dir=small_dir))
 
 
 def test_registry_picks_the_adapter(small_dir):
@@ -77,7 +77,7 @@ def test_real_dataset_reads_cheaply():
     if not value or not (Path(value) / "tqc2020").is_dir():
         pytest.skip("set TOPOCLASS_DATA_DIR to a folder holding tqc2020/ to run this test")
     start = time.perf_counter()
-    raw = load_tqc2020(Path(value))
+    raw = load_tqc2020(DataConfig(data_dir=Path(value)))
     assert time.perf_counter() - start < 5.0  # listing files only, no CIF parsing
     assert len(raw.materials) == 14193
     assert [r.category for r in raw.rejects] == ["missing_structure"] * 110

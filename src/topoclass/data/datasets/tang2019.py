@@ -8,11 +8,10 @@ lines are reported as rejects; a missing file is fatal.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from topoclass.config import TaskConfig
-from topoclass.data.records import Material, Reject
-from topoclass.data.registry import RawDataset
+from topoclass.config import DataConfig, TaskConfig
+from topoclass.data.datasets import register, require_data_dir
+from topoclass.data.records import Material, RawDataset, Reject
 from topoclass.data.tables import read_data_text
 
 logger = logging.getLogger(__name__)
@@ -40,9 +39,10 @@ def tang2019_tasks() -> list[TaskConfig]:
     ]
 
 
-def load_tang2019(data_dir: str | Path) -> RawDataset:
+@register(NAME)
+def load_tang2019(data: DataConfig) -> RawDataset:
     """Read ``<data_dir>/tang2019/*.txt`` into materials labelled for both tasks."""
-    folder = Path(data_dir) / NAME
+    folder = require_data_dir(data) / NAME
     materials: list[Material] = []
     rejects: list[Reject] = []
     for file_name, topo_class in FILES.items():

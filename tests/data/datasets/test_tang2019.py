@@ -9,9 +9,9 @@ from pymatgen.core import Composition
 
 from topoclass.config import DataConfig, TaskConfig
 from topoclass.data.clean import clean_materials
-from topoclass.data.registry import load_dataset
+from topoclass.data.datasets import load_dataset
+from topoclass.data.datasets.tang2019 import FILES, load_tang2019
 from topoclass.data.split import split_materials
-from topoclass.data.tang2019 import FILES, load_tang2019
 from topoclass.errors import ConfigError, DataError
 
 SMALL = {
@@ -39,7 +39,7 @@ def real_data_dir() -> Path:
 
 
 def test_lines_become_materials_with_both_labels(small_dir):
-    raw = load_tang2019(small_dir)
+    raw = load_tang2019(DataConfig(data_dir=small_dir))
     assert raw.name == "tang2019" and raw.main_task == "topological"
     assert [t.name for t in raw.tasks] == ["topological", "topo_class"]
     assert raw.tasks[1].classes == ["trivial", "TI", "TCI", "semimetal"]
@@ -52,7 +52,7 @@ def test_lines_become_materials_with_both_labels(small_dir):
 
 
 def test_malformed_lines_are_rejects_not_errors(small_dir):
-    rejects = {r.source: r.category for r in load_tang2019(small_dir).rejects}
+    rejects = {r.source: r.category for r in load_tang2019(DataConfig(data_dir=small_dir)).rejects}
     assert rejects == {
         "tang2019/ti_ccmp.txt:2": "bad_spacegroup",
         "tang2019/tci_ccmp.txt:2": "malformed_line",
@@ -62,11 +62,11 @@ def test_malformed_lines_are_rejects_not_errors(small_dir):
 def test_a_missing_file_is_a_data_error_naming_it(small_dir):
     (small_dir / "tang2019" / "tci_ccmp.txt").unlink()
     with pytest.raises(DataError, match=r"tci_ccmp\.txt"):
-        load_tang2019(small_dir)
+        load_tang2019(DataConfig(data_dir=small_dir))
 
 
 def test_cleaning_rejects_the_conflicting_pair(small_dir):
-    raw = load_tang2019(small_dir)
+    raw = load_tang2019(DataConfig(data_dir=small_dir))
     result = clean_materials(raw.materials, raw.tasks, prior_rejects=raw.rejects)
     conflicts = [r for r in result.rejects if r.category == "conflicting_labels"]
     assert sorted(r.source for r in conflicts) == ["tang2019/case1_ccmp.txt:2", "tang2019/case3_ccmp.txt:1"]
@@ -129,7 +129,8 @@ def test_real_tang_data_matches_the_documented_numbers():
     binary_conflicts = [r for r in result.rejects if "topological: trivial" in r.reason]
     assert len(binary_conflicts) == 2 * 10
 
-    split = split_materials(result.materials, raw.main_task, seed=0)
+    main = next(t for t in result.tasks if t.name == raw.main_task)
+    split = split_materials(result.materials, main, seed=0)
     homes: dict[str, str] = {}
     for name, indices in split.items():
         assert abs(len(indices) / len(result.materials) - {"train": 0.7}.get(name, 0.15)) < 0.02

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from topoclass.config import config_diff
+from topoclass.config import config_diff, config_from_dict
 from topoclass.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -19,11 +19,12 @@ SAFE_TO_CHANGE = (
     "train.patience",
     "train.progress_bar",
     "train.device",
-    "train.clear_caches_every_epochs",
     "checkpoint.",
     "run_dir",
     "output_root",
+    # Where the data is read from may change; what it holds is checked by the data fingerprint.
     "data.data_dir",
+    "data.table",
     "data.cache_dir",
     "data.featurize_workers",
 )
@@ -60,8 +61,12 @@ def ask_to_resume(
 
 
 def check_config_drift(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Refuse changes that cannot apply to a resumed run; return the safe ones (to warn about)."""
-    changed = config_diff(stored, current)
+    """Refuse changes that cannot apply to a resumed run; return the safe ones (to warn about).
+
+    ``stored`` may come from an older release: it is read as a config first, so keys that
+    were renamed since compare under their new names.
+    """
+    changed = config_diff(config_from_dict(stored, "checkpoint config").to_dict(), current)
     unsafe = [key for key in changed if not key.startswith(SAFE_TO_CHANGE)]
     if unsafe:
         raise ConfigError(

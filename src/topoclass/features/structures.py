@@ -14,13 +14,32 @@ import math
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pymatgen.core import Composition, DummySpecies, Lattice, Structure
 
-from topoclass.data.records import StructureRef
 from topoclass.errors import DataError
+from topoclass.features.composition import quiet_electronegativity
+
+
+@dataclass(frozen=True)
+class StructureRef:
+    """Where a crystal structure comes from: a file, or inline text.
+
+    Structures are referenced, not parsed, when a dataset is read: parsing is the
+    expensive part of featurization and runs once, in worker processes, and only
+    when the featurization cache misses.
+    """
+
+    path: Path | None = None
+    text: str | None = None
+    format: str | None = None  # "cif", "poscar", "extxyz", "json"; None: inferred
+
+    def describe(self) -> str:
+        return str(self.path) if self.path is not None else "<inline structure>"
+
 
 STRUCTURE_FORMATS = ("cif", "poscar", "extxyz", "json")
 _FORMAT_ALIASES = {
@@ -240,6 +259,11 @@ def spglib_spacegroup(structure: Structure, symprec: float) -> int:
 
 def reduced_formula(structure: Structure) -> str:
     """Reduced formula with explicit counts ("Bi2Se3", "O" rather than pymatgen's molecular "O2")."""
+    with quiet_electronegativity():
+        return _reduced_formula(structure)
+
+
+def _reduced_formula(structure: Structure) -> str:
     amounts = {element: round(count) for element, count in structure.composition.get_el_amt_dict().items()}
     divisor = math.gcd(*amounts.values())
     # pymatgen's element order (by electronegativity); its reduced_composition is avoided because

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from topoclass.evaluation.metrics import classification_metrics, regression_metrics
-from topoclass.evaluation.report import (
+from topoclass.app.report import (
     format_results_table,
     plot_confusion_matrix,
     plot_roc_curves,
     plot_training_curves,
     write_evaluation,
 )
+from topoclass.metrics import classification_metrics, regression_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["trivial", "TI", "TCI", "semimetal"]
@@ -143,7 +143,7 @@ def test_write_evaluation_without_history_and_with_numpy_values(tmp_path):
 
 def test_importing_report_leaves_matplotlib_state_alone():
     # The importing process may have its own matplotlib setup; the import must not touch it.
-    code = "import sys, topoclass.evaluation.report; print('matplotlib.pyplot' in sys.modules)"
+    code = "import sys, topoclass.app.report; print('matplotlib.pyplot' in sys.modules)"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert completed.stdout.strip() == "False"

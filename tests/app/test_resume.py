@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from tests.conftest import cli_env, run_cli
+from tests.helpers import cli_env, run_cli
+from topoclass.app.resume import ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.checkpoint.lock import CheckpointLock
+from topoclass.config import load_config
 from topoclass.errors import ConfigError
-from topoclass.train.resume import ask_to_resume, check_config_drift, resolve_resume_mode
 
 
 def answers(*replies):
@@ -43,12 +44,18 @@ def test_default_mode_asks_only_on_a_terminal():
 
 
 def test_config_drift_refuses_model_changes_and_allows_epochs():
-    stored = {"model": {"hidden_dim": 128}, "train": {"epochs": 10, "lr": 0.1}}
-    assert check_config_drift(stored, {"model": {"hidden_dim": 128}, "train": {"epochs": 20, "lr": 0.1}}) == [
-        "train.epochs"
-    ]
+    stored = load_config(overrides={"train.epochs": 10, "train.lr": 0.1}).to_dict()
+    longer = load_config(overrides={"train.epochs": 20, "train.lr": 0.1}).to_dict()
+    assert check_config_drift(stored, longer) == ["train.epochs"]
+    other = load_config(overrides={"model.hidden_dim": 64, "train.epochs": 10, "train.lr": 0.2}).to_dict()
     with pytest.raises(ConfigError, match=r"model\.hidden_dim, train\.lr"):
-        check_config_drift(stored, {"model": {"hidden_dim": 64}, "train": {"epochs": 10, "lr": 0.2}})
+        check_config_drift(stored, other)
+
+
+def test_config_drift_reads_renamed_keys_of_older_checkpoints_under_their_new_names():
+    stored = load_config(overrides={"checkpoint.every_epochs": 2}).to_dict()
+    stored["checkpoint"] = {"checkpoint_every_epochs": 2}
+    assert check_config_drift(stored, load_config(overrides={"checkpoint.every_epochs": 2}).to_dict()) == []
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Scores of predictions against labels, as JSON-ready dicts.
+"""Scores of predictions against labels, as JSON-ready dicts (a leaf: imports nothing of topoclass).
 
 Every number comes from scikit-learn. Metrics that are undefined on the given
 data (an AUC with one class present, an R2 on one sample) are ``None`` rather
@@ -27,8 +27,6 @@ from sklearn.metrics import (
     r2_score,
     roc_auc_score,
 )
-
-from topoclass.config import TaskConfig
 
 
 def classification_metrics(
@@ -92,42 +90,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
         "rmse": _number(math.sqrt(mean_squared_error(y_true, y_pred))),
         "r2": _number(r2),
     }
-
-
-def evaluate_tasks(
-    tasks: Sequence[TaskConfig], labels: np.ndarray, outputs: dict[str, np.ndarray]
-) -> dict[str, dict[str, Any]]:
-    """Score every task on its labelled rows (NaN labels are skipped).
-
-    ``labels`` is ``[n, len(tasks)]`` in task order; ``outputs[task.name]`` is
-    ``[n, C]`` probabilities for a classification task, ``[n]`` predictions for
-    a regression task. Tasks without ``classes`` are named by class id.
-    """
-    labels = np.asarray(labels, dtype=float)
-    if labels.ndim == 1:
-        labels = labels[:, None]
-    if labels.ndim != 2 or labels.shape[1] != len(tasks):
-        raise ValueError(f"labels have shape {labels.shape}, expected [n, {len(tasks)}] for the tasks")
-    results: dict[str, dict[str, Any]] = {}
-    for column, task in enumerate(tasks):
-        if task.name not in outputs:
-            raise ValueError(f"task '{task.name}': no model output given")
-        output = np.asarray(outputs[task.name])
-        if len(output) != len(labels):
-            raise ValueError(f"task '{task.name}': {len(output)} outputs for {len(labels)} label rows")
-        labelled = ~np.isnan(labels[:, column])
-        y_true = labels[labelled, column]
-        if task.type == "regression":
-            results[task.name] = regression_metrics(y_true, output[labelled])
-            continue
-        if output.ndim != 2:
-            raise ValueError(f"task '{task.name}': expected [n, C] probabilities, got shape {output.shape}")
-        classes = task.classes or [str(i) for i in range(output.shape[1])]
-        try:
-            results[task.name] = classification_metrics(y_true, output[labelled], classes)
-        except ValueError as exc:
-            raise ValueError(f"task '{task.name}': {exc}") from None
-    return results
 
 
 def _check_classification_inputs(

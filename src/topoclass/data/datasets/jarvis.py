@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from topoclass.config import DataConfig, TaskConfig
-from topoclass.data.records import Material, StructureRef
-from topoclass.data.registry import RawDataset
+from topoclass.data.datasets import register, require_data_dir
+from topoclass.data.records import Material, RawDataset, StructureRef
 from topoclass.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,10 @@ def jarvis_tasks() -> list[TaskConfig]:
     ]
 
 
-def load_jarvis(data_dir: str | Path, data: DataConfig | None = None) -> RawDataset:
-    """Materials with both a POSCAR structure and a spillage label.
-
-    ``data`` is accepted for the same signature as the other adapters; nothing in it applies.
-    """
-    folder = Path(data_dir) / NAME
+@register(NAME)
+def load_jarvis(data: DataConfig) -> RawDataset:
+    """Materials with both a POSCAR structure and a spillage label."""
+    folder = require_data_dir(data) / NAME
     classes = _read_split_file(folder / CLASS_FILE)
     values = _read_split_file(folder / VALUE_FILE)
     structures = _read_split_file(folder / STRUCTURE_FILE)

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from topoclass.config import DataConfig, TaskConfig
-from topoclass.data.records import Material, Reject, StructureRef
-from topoclass.data.registry import RawDataset
+from topoclass.data.datasets import register, require_data_dir
+from topoclass.data.records import Material, RawDataset, Reject, StructureRef
 from topoclass.data.tables import read_data_text
 from topoclass.errors import DataError
 
@@ -41,9 +41,10 @@ def tqc2020_tasks() -> list[TaskConfig]:
     return [TaskConfig(name=name, classes=list(classes)) for name, classes in TASK_CLASSES.items()]
 
 
-def load_tqc2020(data_dir: str | Path, data: DataConfig | None = None) -> RawDataset:
-    """Read the labels and reference each material's CIF (``data`` is accepted for a uniform API)."""
-    folder = Path(data_dir) / NAME
+@register(NAME)
+def load_tqc2020(data: DataConfig) -> RawDataset:
+    """Read the labels and reference each material's CIF."""
+    folder = require_data_dir(data) / NAME
     labels_path = folder / LABELS_FILE
     structures = folder / STRUCTURES_DIR
     text = read_data_text(labels_path, missing_hint="the tqc2020 dataset needs labels.csv")

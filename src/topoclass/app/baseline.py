@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import torch
 
 from topoclass.data.featureset import FeatureSet
-from topoclass.evaluation.metrics import evaluate_tasks
 from topoclass.features.composition import MAX_Z, element_property_table
 from topoclass.features.symmetry import spacegroup_feature_table
+from topoclass.tasks import score_tasks, task_type
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +64,18 @@ def cell_fact_features(features: FeatureSet) -> np.ndarray:
     return np.where((row >= 0)[:, None], facts[np.clip(row, 0, None)], np.nan)
 
 
+TREE_PARAMS: dict[str, Any] = {
+    "n_estimators": 2000,
+    "learning_rate": 0.03,
+    "num_leaves": 63,
+    "subsample": 0.8,
+    "subsample_freq": 1,
+    "colsample_bytree": 0.5,
+    "verbose": -1,
+    "n_jobs": 2,
+}
+
+
 def fit_and_evaluate_baseline(
     features: FeatureSet,
     split: dict[str, torch.Tensor],
@@ -75,6 +86,8 @@ def fit_and_evaluate_baseline(
     use_structure: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Fit one boosted-tree model per task on train (early-stopped on val); metrics on ``eval_split``."""
+    import lightgbm as lgb
+
     x = baseline_features(features, use_structure=use_structure)
     if with_cell_facts:
         x = np.hstack([x, cell_fact_features(features)]).astype(np.float32)
@@ -82,23 +95,10 @@ def fit_and_evaluate_baseline(
     outputs: dict[str, np.ndarray] = {}
     rows = {name: idx.numpy() for name, idx in split.items()}
     for column, task in enumerate(features.tasks):
+        kind = task_type(task)
         train = rows["train"][~np.isnan(labels[rows["train"], column])]
         val = rows["val"][~np.isnan(labels[rows["val"], column])]
-        params = {
-            "n_estimators": 2000,
-            "learning_rate": 0.03,
-            "num_leaves": 63,
-            "subsample": 0.8,
-            "subsample_freq": 1,
-            "colsample_bytree": 0.5,
-            "random_state": seed,
-            "verbose": -1,
-            "n_jobs": 2,
-        }
-        if task.type == "classification":
-            model: Any = lgb.LGBMClassifier(**params)
-        else:
-            model = lgb.LGBMRegressor(**params)
+        model = kind.tree_model({**TREE_PARAMS, "random_state": seed})
         model.fit(
             x[train],
             labels[train, column],
@@ -106,12 +106,6 @@ def fit_and_evaluate_baseline(
             eval_y=labels[val, column],
             callbacks=[lgb.early_stopping(100, verbose=False)],
         )
-        target = x[rows[eval_split]]
-        if task.type == "classification":
-            probabilities = np.zeros((len(target), len(task.classes or [])))
-            probabilities[:, model.classes_.astype(int)] = model.predict_proba(target)
-            outputs[task.name] = probabilities
-        else:
-            outputs[task.name] = model.predict(target)
-        logger.info("Baseline %s: %d trees", task.name, model.best_iteration_ or params["n_estimators"])
-    return evaluate_tasks(features.tasks, labels[rows[eval_split]], outputs)
+        outputs[task.name] = kind.tree_predictions(task, model, x[rows[eval_split]])
+        logger.info("Baseline %s: %d trees", task.name, model.best_iteration_ or TREE_PARAMS["n_estimators"])
+    return score_tasks(features.tasks, labels[rows[eval_split]], outputs)

@@ -1,0 +1,93 @@
+"""Evaluating a trained run on a split of its data, beside the gradient-boosting baseline."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from topoclass.app.baseline import fit_and_evaluate_baseline
+from topoclass.app.predict import load_run
+from topoclass.app.prepare import RunData, make_split, prepare_data, run_data
+from topoclass.app.report import format_results_table, write_evaluation
+from topoclass.app.runs import RunLayout
+from topoclass.config import Config, config_yaml
+from topoclass.data.split import load_split, save_split
+from topoclass.files import atomic_write
+from topoclass.model.inference import predictions, raw_outputs
+from topoclass.tasks import score_tasks
+from topoclass.train.loop import VALIDATION_BATCH
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_run(
+    run_dir: Path, *, with_baseline: bool = True, split_name: str = "test", accept_data_change: bool = False
+) -> tuple[dict[str, Any], str]:
+    """Metrics of the run's best model (and the baseline) on a split; writes JSON, figures and a table."""
+    run = load_run(run_dir)
+    data = run_data(run.config, run.layout, resuming=True, accept_data_change=accept_data_change)
+    features = data.prepared.features
+    split = data.split_tensors()
+    rows = split[split_name]
+    outputs = raw_outputs(run.model, features, rows, batch_size=VALIDATION_BATCH, device=run.device)
+    labels = features.labels[rows].numpy()
+    results: dict[str, Any] = {
+        "neural": score_tasks(features.tasks, labels, predictions(features.tasks, outputs))
+    }
+    if with_baseline:
+        results.update(_baselines(run.config, data, split, split_name))
+    out_dir = run.layout.evaluation_dir()
+    write_evaluation(out_dir, results, _read_history(run.layout.metrics_file()))
+    table = format_results_table(results)
+    atomic_write(out_dir / "results.md", table + "\n", durable=False)
+    logger.info("Evaluation of %s written to %s", run.checkpoint, out_dir)
+    return results, table
+
+
+def _baselines(
+    config: Config, data: RunData, split: dict[str, torch.Tensor], split_name: str
+) -> dict[str, Any]:
+    """The tree baseline, plus one that also gets the cell facts when the run uses structures."""
+    features = data.prepared.features
+    fit = functools.partial(
+        fit_and_evaluate_baseline,
+        features,
+        split,
+        seed=config.train.seed,
+        eval_split=split_name,
+        use_structure=config.data.use_structure,  # the same descriptor columns as the network
+    )
+    results = {"baseline": fit()}
+    if config.data.use_structure and features.graphs is not None:
+        results["baseline_cell_facts"] = fit(with_cell_facts=True)
+    return results
+
+
+def _read_history(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+
+
+def run_baseline(config: Config, split_name: str = "test") -> tuple[dict[str, Any], str]:
+    """Baseline metrics on the split of the run a config describes (made and saved if new)."""
+    layout = RunLayout.for_config(config)
+    prepared = prepare_data(config)
+    if layout.split_file().is_file():
+        split = load_split(layout.split_file(), prepared.features.ids)
+    else:
+        split = make_split(config, prepared)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        save_split(layout.split_file(), split, prepared.features.ids)
+        atomic_write(layout.config_file(), config_yaml(config))  # the directory is a run a trainer may use
+    data = RunData(prepared, split, split_is_new=False, fingerprint={})
+    results = _baselines(config, data, data.split_tensors(), split_name)
+    atomic_write(layout.baseline_file(), json.dumps(results, indent=2))
+    logger.info("Baseline metrics written to %s", layout.baseline_file())
+    return results, format_results_table(results)

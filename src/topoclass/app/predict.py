@@ -1,0 +1,100 @@
+"""Using a trained run: load its best model and predict new materials.
+
+Loading only reads: it never cleans up or renames anything in the checkpoint
+folder, so predicting from a run while it trains cannot disturb the trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from topoclass.app.runs import RunLayout, checkpoint_target
+from topoclass.checkpoint.manager import load_component, read_checkpoint
+from topoclass.config import Config, TaskConfig
+from topoclass.data.build import featurize_materials
+from topoclass.data.records import Material, Reject
+from topoclass.data.tables import read_table
+from topoclass.model.inference import predictions, raw_outputs
+from topoclass.model.multitask import MultitaskModel
+from topoclass.tasks import task_type
+from topoclass.train.averaging import inference_weights
+from topoclass.train.device import select_device
+from topoclass.train.loop import VALIDATION_BATCH, build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedRun:
+    """A run directory's config, tasks and best model, ready for inference."""
+
+    config: Config
+    tasks: list[TaskConfig]
+    model: MultitaskModel
+    layout: RunLayout
+    checkpoint: Path
+    device: torch.device
+
+
+def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
+    """A run's resolved config and the weights of its best checkpoint (else its newest intact one)."""
+    layout = RunLayout.open(Path(run_dir))
+    config = layout.read_config()
+    target = select_device(device)
+    path = checkpoint_target(layout.checkpoints).single(prefer_best=True)
+    loaded = read_checkpoint(path)
+    tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
+    model = build_model(config, tasks)
+    load_component(loaded, "model", model, inference_weights(loaded.state))
+    return TrainedRun(config, tasks, model.to(target).eval(), layout, path, target)
+
+
+@dataclass
+class Predictions:
+    """One row per material that could be featurized, and the records that could not."""
+
+    rows: list[dict[str, Any]]
+    skipped: list[Reject] = field(default_factory=list)
+
+
+def predict_materials(run: TrainedRun, materials: list[Material]) -> Predictions:
+    """Predicted class (and class probabilities) or value per task, for each usable material."""
+    features, skipped = featurize_materials(materials, run.tasks, run.config.data)
+    if features is None:
+        return Predictions([], skipped)
+    outputs = raw_outputs(
+        run.model, features, torch.arange(len(features)), batch_size=VALIDATION_BATCH, device=run.device
+    )
+    predicted = predictions(run.tasks, outputs)
+    rows = []
+    for i, (material_id, formula) in enumerate(zip(features.ids, features.formulas, strict=True)):
+        row: dict[str, Any] = {
+            "id": material_id,
+            "formula": formula,
+            "spacegroup": int(features.spacegroup[i]),
+        }
+        for task in run.tasks:
+            row.update(task_type(task).prediction_row(task, predicted[task.name][i]))
+        rows.append(row)
+    return Predictions(rows, skipped)
+
+
+def table_materials(path: Path) -> tuple[list[Material], list[Reject]]:
+    """Materials of a prediction table (formula and space group, or a structure column)."""
+    return read_table(path)
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text of prediction rows."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,245 @@
+"""A training run from start to finish: check, choose a checkpoint, prepare data, train, report.
+
+The order is what keeps a user's files safe. Everything that can be checked
+without writing (device, data sources, the run directory, an explicit
+checkpoint) is checked first; then the checkpoint to resume from is chosen, the
+data prepared and checked against what the run recorded, the trainer built and
+restored. Only when all of that holds is anything of the run written, and from
+then on ``status.json`` always tells the truth: ``running``, ``stopped``,
+``finished``, or ``failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from topoclass.app.prepare import RunData, run_data
+from topoclass.app.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
+from topoclass.app.runs import RunLayout, checkpoint_target, is_run_directory
+from topoclass.checkpoint.lock import CheckpointLock
+from topoclass.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
+from topoclass.config import Config, config_yaml
+from topoclass.data.clean import format_report, write_rejects
+from topoclass.data.datasets import check_sources
+from topoclass.data.split import save_split
+from topoclass.errors import ConfigError, DataError
+from topoclass.files import atomic_write
+from topoclass.train.device import select_device
+from topoclass.train.loop import Trainer
+from topoclass.train.signals import EXIT_RESUMABLE, install_stop_handlers
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+
+
+def code_revision() -> str | None:
+    """The git revision of the installed source, when it is a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_training(config: Config, *, accept_data_change: bool = False) -> int:
+    """Train (or resume) the run a config describes; returns the process exit code."""
+    layout = RunLayout.for_config(config)
+    device = select_device(config.train.device)
+    check_sources(config.data)
+    _check_run_directory(layout)
+    mode = resolve_resume_mode(config.checkpoint.resume)
+    explicit = None if mode in RESUME_MODES else checkpoint_target(Path(mode)).single(prefer_best=False)
+
+    lock = CheckpointLock(layout.checkpoints)
+    if layout.checkpoints.is_dir():
+        lock.acquire()  # before looking: choosing a checkpoint may set damaged ones aside
+    try:
+        started = time.perf_counter()
+        checkpoint = _choose_checkpoint(layout, mode, explicit, holding_lock=lock.held)
+        if checkpoint is not None:
+            for key in check_config_drift(checkpoint.metadata["config"], config.to_dict()):
+                logger.warning("Config changed since the checkpoint: %s (applied)", key)
+        data = run_data(
+            config, layout, resuming=checkpoint is not None, accept_data_change=accept_data_change
+        )
+        if checkpoint is not None:
+            _check_checkpoint_data(checkpoint, data, accept_data_change)
+        else:
+            logger.info("Starting fresh training")
+            lock.release()
+            _set_aside_previous_run(layout, mode)
+            lock.acquire()
+        return _train(config, layout, device, data, checkpoint, time.perf_counter() - started)
+    finally:
+        lock.release()
+
+
+def _check_run_directory(layout: RunLayout) -> None:
+    """Only an empty directory or a topoclass run may be the run directory."""
+    root = layout.root
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"run directory {root} is a file")
+    if root.is_dir() and any(root.iterdir()) and not is_run_directory(root):
+        raise ConfigError(
+            f"run directory {root} is not empty and is not a topoclass run; choose a new or empty directory"
+        )
+
+
+def _choose_checkpoint(
+    layout: RunLayout, mode: str, explicit: Path | None, *, holding_lock: bool
+) -> LoadedCheckpoint | None:
+    """The checkpoint to resume from, per the resume mode; None to start fresh."""
+    if explicit is not None:
+        checkpoint = read_checkpoint(explicit)
+        if holding_lock and explicit.parent.resolve() == layout.checkpoints.resolve():
+            # Resuming from an older checkpoint of this run starts a new timeline.
+            with CheckpointManager(layout.checkpoints, Config().checkpoint) as manager:
+                manager.abandon_newer_than(checkpoint.tag)
+        return checkpoint
+    if mode == "never" or not layout.checkpoints.is_dir():
+        return None
+    with CheckpointManager(layout.checkpoints, Config().checkpoint) as manager:
+        latest = manager.find_latest()
+    if latest is None:
+        if any(layout.checkpoints.glob("*.corrupt-*")):
+            logger.warning(
+                "Every checkpoint of %s failed verification (set aside as *.corrupt-*)", layout.root
+            )
+        return None
+    if mode == "ask" and not ask_to_resume(latest.path):
+        return None
+    return latest
+
+
+def _check_checkpoint_data(checkpoint: LoadedCheckpoint, data: RunData, accept: bool) -> None:
+    """A checkpoint continues only on the data it was trained on, unless the user accepts the change."""
+    recorded = checkpoint.metadata.get("data_fingerprint")
+    if recorded is not None and recorded != data.fingerprint["digest"] and not accept:
+        raise DataError(
+            f"{checkpoint.path} was trained on other data than this run reads; "
+            "use the same data, or pass --accept-data-change to continue on this data"
+        )
+
+
+def _set_aside_previous_run(layout: RunLayout, mode: str) -> None:
+    """Move an earlier run (and checkpoints it keeps elsewhere) out of the way instead of overwriting it.
+
+    A run directory that never trained (a baseline's split, say) holds nothing that a new
+    run would not write again the same way, and is used in place.
+    """
+    trained = layout.metrics_file().exists() or (
+        layout.checkpoints.is_dir() and any(p.name != ".lock" for p in layout.checkpoints.iterdir())
+    )
+    if not trained:
+        return
+    for directory, what in ((layout.root, "run"), (layout.checkpoints, "checkpoint directory")):
+        if not directory.is_dir() or not any(directory.iterdir()):
+            continue
+        if Path.cwd().resolve().is_relative_to(directory.resolve()):
+            raise ConfigError(
+                f"cannot move the previous {what} {directory} aside: it holds the current directory"
+            )
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = directory.with_name(f"{directory.name}.prev-{stamp}")
+        suffix = 1
+        while aside.exists():
+            suffix += 1
+            aside = directory.with_name(f"{directory.name}.prev-{stamp}-{suffix}")
+        reason = "--resume never" if mode == "never" else "no checkpoint to resume from"
+        logger.warning("Moving the previous %s %s to %s (%s)", what, directory, aside, reason)
+        shutil.move(str(directory), aside)
+
+
+def _train(
+    config: Config,
+    layout: RunLayout,
+    device: torch.device,
+    data: RunData,
+    checkpoint: LoadedCheckpoint | None,
+    find_seconds: float,
+) -> int:
+    features = data.prepared.features
+    run_metadata = {
+        "code_revision": code_revision(),
+        "data_fingerprint": data.fingerprint["digest"],
+        "split_ids_sha256": data.split_digest,
+    }
+    with (
+        CheckpointManager(layout.checkpoints, config.checkpoint) as manager,
+        install_stop_handlers() as stop,
+    ):
+        trainer = Trainer(
+            config,
+            features,
+            data.split_tensors(),
+            device=device,
+            checkpoints=manager,
+            stop=stop,
+            metrics_file=layout.metrics_file(),
+            run_metadata=run_metadata,
+        )
+        if checkpoint is not None:
+            restore_started = time.perf_counter()
+            trainer.restore(checkpoint)
+            logger.info(
+                "Checkpoint loaded from epoch %d with best val loss: %.4f",
+                trainer.state.completed_epochs,
+                trainer.state.best_val_loss,
+            )
+            logger.info(
+                "Resume (find, verify, load, restore) took %.2f s",
+                find_seconds + time.perf_counter() - restore_started,
+            )
+            logger.info("%s", trainer.describe_position())
+        # Everything is known to be valid: from here on the run's files are written.
+        try:
+            _write_run_files(config, layout, data)
+            layout.write_status("running")
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            layout.write_status("stopped", reason="interrupted at once (second Ctrl-C)")
+            raise
+        except BaseException as error:
+            layout.write_status("failed", reason=_one_line(error))
+            raise
+    if result.outcome == "stopped":
+        layout.write_status("stopped", signal=stop.signal_name)
+        logger.warning("Training stopped; resume with: topoclass resume %s", layout.root)
+        return EXIT_RESUMABLE
+    layout.write_status(
+        "finished", best_epoch=result.state.best_epoch, best_val_loss=result.state.best_val_loss
+    )
+    logger.info(
+        "Training finished: best val loss %.4f at epoch %d. Results in %s",
+        result.state.best_val_loss,
+        result.state.best_epoch,
+        layout.root,
+    )
+    return EXIT_OK
+
+
+def _write_run_files(config: Config, layout: RunLayout, data: RunData) -> None:
+    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.write_status("preparing")
+    atomic_write(layout.config_file(), config_yaml(config))
+    if data.split_is_new:
+        save_split(layout.split_file(), data.split, data.prepared.features.ids)
+    atomic_write(layout.fingerprint_file(), json.dumps(data.fingerprint))
+    write_rejects(layout.rejects_file(), data.prepared.rejects)
+    atomic_write(layout.data_report_file(), json.dumps(data.prepared.counts, indent=2))
+    logger.info("%s", format_report(data.prepared.counts))
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

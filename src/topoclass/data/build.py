@@ -1,0 +1,269 @@
+"""From records to preloaded features: the one builder, for training and prediction alike.
+
+Training reads a dataset, featurizes the structures it needs, cleans, builds the
+:class:`FeatureSet` and caches it (:func:`prepare_dataset`); prediction takes
+unlabelled materials through the same structure step and the same builder
+(:func:`featurize_materials`), so a material gets the same features in both.
+The expensive part (parsing and graphing crystal structures) runs only when the
+featurization cache misses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from topoclass.config import DataConfig, GraphConfig, TaskConfig
+from topoclass.data.cache import fingerprint, read_entry, write_entry
+from topoclass.data.clean import clean_materials, record_problem
+from topoclass.data.datasets import load_dataset
+from topoclass.data.featureset import FeatureSet, encode_labels
+from topoclass.data.records import Material, RawDataset, Reject
+from topoclass.features.composition import encode_compositions, material_descriptors
+
+if TYPE_CHECKING:
+    from topoclass.features.graph_store import GraphStore
+
+logger = logging.getLogger(__name__)
+
+# Bumped whenever the features of a record change, so older cache entries are not reused.
+FEATURIZER_VERSION = 4
+
+
+@dataclass
+class PreparedDataset:
+    """Features ready for training plus the cleaning report that produced them."""
+
+    name: str
+    features: FeatureSet
+    main_task: TaskConfig
+    rejects: list[Reject]
+    counts: dict[str, int]
+    cache_path: Path
+    from_cache: bool
+    seconds: float
+
+
+@dataclass
+class StructuredMaterials:
+    """Materials after their structures were featurized: the ones kept, their graphs, the rejects.
+
+    ``graph_rows[i]`` is material i's row in ``graphs``, or -1 without a structure (or when
+    the run does not use structures).
+    """
+
+    materials: list[Material]
+    graph_rows: list[int]
+    graphs: GraphStore | None
+    rejects: list[Reject]
+
+
+def attach_structures(
+    materials: Sequence[Material], graph: GraphConfig, *, workers: int, use_structure: bool
+) -> StructuredMaterials:
+    """Featurize the structures the run needs, in parallel; fill formula and space group from them.
+
+    With ``use_structure`` every structure is graphed. Without it, a structure is read
+    only when the record lacks its formula or space group (to derive them), and no graph
+    is built: a formula-only run never pays for structures it ignores. A space group the
+    data already gives is kept and not searched for again (the search is most of the cost).
+    A bad structure makes its record a reject, not an error.
+    """
+    wanted = [
+        i
+        for i, m in enumerate(materials)
+        if m.structure is not None and (use_structure or not m.formula or m.spacegroup is None)
+    ]
+    if not wanted:
+        plain = [dataclasses.replace(m, structure=None) if m.structure else m for m in materials]
+        return StructuredMaterials(plain, [-1] * len(materials), None, [])
+    from topoclass.features.structure_pipeline import featurize_structures
+
+    result = featurize_structures(
+        [materials[i].structure for i in wanted],  # type: ignore[misc]
+        graph,
+        find_spacegroup=[materials[i].spacegroup is None for i in wanted],
+        workers=workers,
+        with_graphs=use_structure,
+    )
+    position = dict(zip(wanted, range(len(wanted)), strict=True))
+    kept: list[Material] = []
+    rejects: list[Reject] = []
+    graph_rows: list[int] = []
+    for i, material in enumerate(materials):
+        j = position.get(i)
+        if j is None:
+            kept.append(dataclasses.replace(material, structure=None) if material.structure else material)
+            graph_rows.append(-1)
+        elif result.reason[j] is not None:
+            rejects.append(Reject(material.id, material.source, str(result.reason[j]), "bad_structure"))
+        else:
+            spacegroup = material.spacegroup if material.spacegroup is not None else result.spacegroup[j]
+            derived = dataclasses.replace(
+                material, formula=material.formula or str(result.formula[j]), spacegroup=spacegroup
+            )
+            kept.append(derived if use_structure else dataclasses.replace(derived, structure=None))
+            graph_rows.append(int(result.graph_index[j]) if use_structure else -1)
+    return StructuredMaterials(kept, graph_rows, result.store if use_structure else None, rejects)
+
+
+def build_feature_set(
+    materials: Sequence[Material],
+    tasks: list[TaskConfig],
+    *,
+    graphs: GraphStore | None,
+    graph_rows: Sequence[int],
+) -> FeatureSet:
+    """The features of valid materials (labels may be missing): what every model reads."""
+    formulas = [m.formula for m in materials]
+    spacegroups = [int(m.spacegroup) for m in materials]  # type: ignore[arg-type]
+    element_index, element_fraction = encode_compositions(formulas)
+    return FeatureSet(
+        ids=[m.id for m in materials],
+        formulas=formulas,
+        tasks=tasks,
+        element_index=torch.from_numpy(element_index),
+        element_fraction=torch.from_numpy(element_fraction),
+        descriptors=torch.from_numpy(material_descriptors(formulas, spacegroups)),
+        spacegroup=torch.tensor(spacegroups, dtype=torch.long),
+        labels=encode_labels([m.labels for m in materials], tasks),
+        graph_index=torch.tensor(list(graph_rows), dtype=torch.long),
+        graphs=graphs,
+    )
+
+
+def featurize_materials(
+    materials: Sequence[Material], tasks: list[TaskConfig], data: DataConfig
+) -> tuple[FeatureSet | None, list[Reject]]:
+    """Features of unlabelled materials (for prediction), with the records that cannot have any."""
+    structured = attach_structures(
+        materials, data.graph, workers=data.featurize_workers, use_structure=data.use_structure
+    )
+    rejects = list(structured.rejects)
+    usable, rows = [], []
+    for material, row in zip(structured.materials, structured.graph_rows, strict=True):
+        problem = record_problem(material, [])
+        if problem is None:
+            usable.append(material)
+            rows.append(row)
+        else:
+            rejects.append(problem)
+    if not usable:
+        return None, rejects
+    return build_feature_set(usable, tasks, graphs=structured.graphs, graph_rows=rows), rejects
+
+
+def _featurize(raw: RawDataset, data: DataConfig) -> tuple[FeatureSet, list[Reject], dict[str, int]]:
+    structured = attach_structures(
+        raw.materials, data.graph, workers=data.featurize_workers, use_structure=data.use_structure
+    )
+    cleaned = clean_materials(
+        structured.materials, raw.tasks, prior_rejects=[*raw.rejects, *structured.rejects]
+    )
+    # Cleaning may merge records into new objects; ids are unique after it.
+    row_of = {m.id: row for m, row in zip(structured.materials, structured.graph_rows, strict=True)}
+    features = build_feature_set(
+        cleaned.materials,
+        cleaned.tasks,
+        graphs=structured.graphs,
+        graph_rows=[row_of.get(m.id, -1) for m in cleaned.materials],
+    )
+    return features, cleaned.rejects, cleaned.counts
+
+
+def _record_fingerprint(material: Material) -> list[Any]:
+    structure: Any = None
+    if material.structure is not None:
+        ref = material.structure
+        if ref.path is not None:
+            # One os.stat per file: this runs for every structure on every cached load.
+            path = os.fspath(ref.path)
+            try:
+                stat = os.stat(path)
+                structure = [path, stat.st_size, stat.st_mtime_ns]
+            except OSError:
+                structure = [path, None, None]
+        else:
+            structure = fingerprint([ref.text, ref.format])
+    return [material.id, material.formula, material.spacegroup, material.labels, structure]
+
+
+def _cache_key(raw: RawDataset, data: DataConfig) -> str:
+    settings = {
+        "featurizer": FEATURIZER_VERSION,
+        "dataset": raw.name,
+        "tasks": [t.model_dump(mode="json") for t in raw.tasks],
+        "graph": data.graph.model_dump(mode="json"),
+        "use_structure": data.use_structure,
+    }
+    records = [_record_fingerprint(m) for m in raw.materials]
+    rejects = [dataclasses.astuple(r) for r in raw.rejects]
+    return fingerprint([settings, records, rejects])
+
+
+def prepare_dataset(data: DataConfig) -> PreparedDataset:
+    """Load the configured dataset's features, from the cache when it is current."""
+    start = time.perf_counter()
+    raw = load_dataset(data)
+    key = _cache_key(raw, data)
+    entry = data.resolved_cache_dir() / f"{raw.name}-{key[:20]}"
+    cached = read_entry(entry)
+    if cached is not None:
+        logger.info("Loading dataset with preloading from cache %s", entry)
+        tensors, meta = cached
+        features = _features_from_cache(tensors, meta)
+        rejects = [Reject(**r) for r in meta["rejects"]]
+        counts = meta["counts"]
+    else:
+        logger.info(
+            "Featurizing %d records of %s (first run; cached afterwards)", len(raw.materials), raw.name
+        )
+        features, rejects, counts = _featurize(raw, data)
+        meta = {
+            "ids": features.ids,
+            "formulas": features.formulas,
+            "tasks": [t.model_dump(mode="json") for t in features.tasks],
+            "rejects": [dataclasses.asdict(r) for r in rejects],
+            "counts": counts,
+        }
+        write_entry(entry, features.tensors(), meta)
+    main_task = next(task for task in features.tasks if task.name == raw.main_task)
+    return PreparedDataset(
+        name=raw.name,
+        features=features,
+        main_task=main_task,
+        rejects=rejects,
+        counts=counts,
+        cache_path=entry,
+        from_cache=cached is not None,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _features_from_cache(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> FeatureSet:
+    graph_tensors = {k.removeprefix("graph."): v for k, v in tensors.items() if k.startswith("graph.")}
+    graphs = None
+    if graph_tensors:
+        from topoclass.features.graph_store import GraphStore
+
+        graphs = GraphStore.from_tensors(graph_tensors)
+    return FeatureSet(
+        ids=meta["ids"],
+        formulas=meta["formulas"],
+        tasks=[TaskConfig.model_validate(t) for t in meta["tasks"]],
+        element_index=tensors["element_index"],
+        element_fraction=tensors["element_fraction"],
+        descriptors=tensors["descriptors"],
+        spacegroup=tensors["spacegroup"],
+        labels=tensors["labels"],
+        graph_index=tensors["graph_index"],
+        graphs=graphs,
+    )

@@ -1,0 +1,53 @@
+from pymatgen.core import Lattice, Structure
+
+from topoclass.config import GraphConfig
+from topoclass.data.build import attach_structures
+from topoclass.data.records import Material, StructureRef
+
+
+def rock_salt_poscar() -> StructureRef:
+    structure = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    return StructureRef(text=structure.to(fmt="poscar"), format="poscar")
+
+
+def test_given_space_groups_are_kept_and_missing_ones_derived():
+    ref = rock_salt_poscar()
+    materials = [
+        Material("derived", "", None, structure=ref),
+        Material("declared", "", 216, structure=ref),  # the user's own value wins over the search
+        Material("no-structure", "Bi2Se3", 166),
+        Material("bad", "", None, structure=StructureRef(text="not a structure", format="poscar")),
+    ]
+    result = attach_structures(materials, GraphConfig(), workers=1, use_structure=True)
+    by_id = {m.id: (m, row) for m, row in zip(result.materials, result.graph_rows, strict=True)}
+    assert by_id["derived"][0].spacegroup == 225 and by_id["derived"][0].formula == "NaCl"
+    assert by_id["declared"][0].spacegroup == 216 and by_id["declared"][0].formula == "NaCl"
+    assert by_id["no-structure"][1] == -1 and by_id["no-structure"][0].spacegroup == 166
+    assert [r.id for r in result.rejects] == ["bad"] and result.graphs is not None and len(result.graphs) == 2
+
+
+def test_a_formula_only_run_reads_structures_only_to_derive_formula_or_space_group(monkeypatch):
+    import topoclass.features.structure_pipeline as pipeline
+
+    read = []
+    original = pipeline.featurize_structures
+
+    def counting(refs, *args, **kwargs):
+        read.extend(refs)
+        assert kwargs["with_graphs"] is False  # no graph, no spectra for a run that ignores them
+        return original(refs, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "featurize_structures", counting)
+    ref = rock_salt_poscar()
+    materials = [
+        Material("complete", "NaCl", 225, structure=ref),  # formula and group given: never read
+        Material("derived", "", None, structure=ref),
+    ]
+    result = attach_structures(materials, GraphConfig(), workers=1, use_structure=False)
+    assert len(read) == 1 and result.graphs is None and result.graph_rows == [-1, -1]
+    assert [(m.id, m.formula, m.spacegroup, m.structure) for m in result.materials] == [
+        ("complete", "NaCl", 225, None),
+        ("derived", "NaCl", 225, None),
+    ]

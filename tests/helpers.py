@@ -1,0 +1,100 @@
+"""Test helpers: a synthetic materials table and ways to run the real CLI in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from pymatgen.core import Element
+
+DATA_DIR = os.environ.get("TOPOCLASS_DATA_DIR")
+
+# Elements with full property tables; heavy ones drive the synthetic "topological" rule.
+_ELEMENTS = [Element.from_Z(z) for z in range(1, 84) if z not in (2, 10, 18, 36, 43, 54, 61)]
+
+
+def write_synthetic_table(path: Path, n: int, seed: int = 0) -> Path:
+    """A learnable random table: topological iff a heavy element meets a centrosymmetric-ish group."""
+    rng = np.random.default_rng(seed)
+    lines = ["id,formula,spacegroup,topological,gap"]
+    for i in range(n):
+        picks = rng.choice(len(_ELEMENTS), size=rng.integers(1, 4), replace=False)
+        elements = [_ELEMENTS[p] for p in picks]
+        formula = "".join(f"{e.symbol}{rng.integers(1, 5)}" for e in elements)
+        spacegroup = int(rng.integers(1, 231))
+        heavy = max(e.Z for e in elements) > 50
+        label = "topological" if heavy and spacegroup > 100 else "trivial"
+        gap = "" if i % 4 == 0 else f"{rng.normal(1.0 - heavy, 0.1):.3f}"  # some labels missing
+        lines.append(f"m{i},{formula},{spacegroup},{label},{gap}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+SYNTHETIC_CONFIG = """\
+data:
+  dataset: table
+  table: {table}
+  tasks:
+    - {{name: topological, classes: [trivial, topological]}}
+    - {{name: gap, type: regression, weight: 0.5}}
+model: {{hidden_dim: 16, element_embedding_dim: 8, spacegroup_embedding_dim: 8, composition_heads: 2,
+         fusion_layers: 1}}
+train: {{epochs: {epochs}, batch_size: 16, lr: 0.003, patience: 50, progress_bar: false, warmup_epochs: 1}}
+checkpoint: {{every_epochs: 1, every_minutes: 0, every_steps: {every_steps}}}
+"""
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    # One thread per process: several training processes share two cores in these tests.
+    env = {
+        **os.environ,
+        "TOPOCLASS_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.update(extra)
+    return env
+
+
+KILL_SCRIPT = Path(__file__).with_name("kill_during_write.py")
+
+
+def _command(args: list[str], kill_at_commit: int | None) -> list[str]:
+    if kill_at_commit is None:
+        return [sys.executable, "-m", "topoclass", *args]
+    return [sys.executable, str(KILL_SCRIPT), str(kill_at_commit), *args]
+
+
+def run_cli(
+    args: list[str],
+    tmp_path: Path,
+    *,
+    input: str | None = None,
+    kill_at_commit: int | None = None,
+    **env: str,
+) -> subprocess.CompletedProcess:
+    """Run ``topoclass ARGS`` in a fresh interpreter, as a user would (optionally killed mid-commit)."""
+    return subprocess.run(
+        _command(args, kill_at_commit),
+        capture_output=True,
+        text=True,
+        input=input,
+        env=cli_env(tmp_path, **env),
+        timeout=600,
+    )
+
+
+def start_cli(
+    args: list[str], tmp_path: Path, *, kill_at_commit: int | None = None, **env: str
+) -> subprocess.Popen:
+    """Start ``topoclass ARGS`` in the background, output merged into ``stdout``."""
+    return subprocess.Popen(
+        _command(args, kill_at_commit),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(tmp_path, **env),
+    )
