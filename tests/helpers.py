@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from pymatgen.core import Element
 
 DATA_DIR = os.environ.get("TOPOCLASS_DATA_DIR")
@@ -98,3 +99,35 @@ def start_cli(
         text=True,
         env=cli_env(tmp_path, **env),
     )
+
+
+class _Weights:
+    def __init__(self) -> None:
+        self.w = torch.zeros(2)
+
+    def state_dict(self) -> dict:
+        return {"w": self.w.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.w = state["w"]
+
+
+def make_checkpointed_run(root: Path, checkpoint_dir: Path | None = None):
+    """A run directory (config, status) with checkpoints 1 (also best) and 2 at step 9, no training."""
+    from topoclass.app.runs import RunLayout
+    from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag
+    from topoclass.config import CheckpointConfig, config_yaml, load_config
+
+    overrides = {"run_dir": str(root)}
+    if checkpoint_dir is not None:
+        overrides["checkpoint.dir"] = str(checkpoint_dir)
+    config = load_config(None, overrides)
+    layout = RunLayout.for_config(config)
+    root.mkdir(parents=True, exist_ok=True)
+    layout.config_file().write_text(config_yaml(config))
+    layout.write_status("finished")
+    with CheckpointManager(layout.checkpoints, CheckpointConfig()) as manager:
+        manager.attach({"model": _Weights()}, lambda tag: {"config": config.to_dict(), "tasks": []})
+        manager.save(CheckpointTag(1), best=True)
+        manager.save(CheckpointTag(2, 9))
+    return layout

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import DATA_DIR, run_cli
 
+pytestmark = pytest.mark.integration  # starts topoclass processes
+
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):

@@ -7,9 +7,12 @@ import io
 import json
 
 import numpy as np
+import pytest
 from pymatgen.core import Lattice, Structure
 
 from tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration  # starts topoclass processes
 
 PROTOTYPES = [  # (space group, species, fractional sites)
     ("Fm-3m", ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),

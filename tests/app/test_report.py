@@ -141,6 +141,7 @@ def test_write_evaluation_without_history_and_with_numpy_values(tmp_path):
     assert json.loads(written["metrics"].read_text()) == {"neural": {"gap": {"n": 2, "mae": 0.5, "r2": None}}}
 
 
+@pytest.mark.integration
 def test_importing_report_leaves_matplotlib_state_alone():
     # The importing process may have its own matplotlib setup; the import must not touch it.
     code = "import sys, topoclass.app.report; print('matplotlib.pyplot' in sys.modules)"

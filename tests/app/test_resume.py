@@ -67,6 +67,7 @@ def trained_run(synthetic_config, tmp_path):
     return config, run
 
 
+@pytest.mark.integration
 def test_ask_mode_prompts_on_stdin_and_resumes(trained_run, tmp_path):
     config, run = trained_run
     args = ["train", "--config", str(config), "--run-dir", str(run), "--resume", "ask"]
@@ -78,15 +79,17 @@ def test_ask_mode_prompts_on_stdin_and_resumes(trained_run, tmp_path):
     assert "Resuming from epoch 2" in result.stdout
 
 
+@pytest.mark.integration
 def test_answer_no_starts_fresh_and_keeps_the_old_run(trained_run, tmp_path):
     config, run = trained_run
     args = ["train", "--config", str(config), "--run-dir", str(run), "--resume", "ask", "--epochs", "1"]
     result = run_cli(args, tmp_path, input="n\n")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "No checkpoint found, starting fresh training" in result.stdout
+    assert "Starting fresh training" in result.stdout and "Moving the previous run" in result.stdout
     assert len(list(tmp_path.glob("run.prev-*"))) == 1
 
 
+@pytest.mark.integration
 def test_without_a_terminal_resume_is_automatic(trained_run, tmp_path):
     config, run = trained_run
     result = subprocess.run(
@@ -103,6 +106,7 @@ def test_without_a_terminal_resume_is_automatic(trained_run, tmp_path):
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
+@pytest.mark.integration
 def test_changed_model_is_refused_and_changed_epochs_applied(trained_run, tmp_path):
     config, run = trained_run
     base = ["train", "--config", str(config), "--run-dir", str(run), "--resume", "auto"]
@@ -115,6 +119,7 @@ def test_changed_model_is_refused_and_changed_epochs_applied(trained_run, tmp_pa
     assert "Starting epoch 3/3" in applied.stdout
 
 
+@pytest.mark.integration
 def test_second_trainer_on_the_same_run_is_refused(trained_run, tmp_path):
     config, run = trained_run
     with CheckpointLock(run / "checkpoints"):

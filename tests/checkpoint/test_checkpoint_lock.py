@@ -14,6 +14,8 @@ import pytest
 from topoclass.checkpoint.lock import LOCK_FILE, CheckpointLock
 from topoclass.errors import CheckpointLockedError
 
+pytestmark = pytest.mark.integration  # starts topoclass processes
+
 
 def _start_holder(directory: Path) -> subprocess.Popen:
     """A real process that takes the lock, says so, and sleeps."""

@@ -242,3 +242,15 @@ def test_retention_never_removes_the_checkpoint_just_saved(tmp_path):
     assert names == ["checkpoint_epoch_2", "checkpoint_epoch_4"]
     restarted = read_checkpoint(tmp_path / "checkpoint_epoch_2")
     assert torch.equal(restarted.state["model"]["w"], torch.full((3,), 20.0))
+
+
+def test_a_manifest_of_the_wrong_shape_is_set_aside_like_any_damage(tmp_path):
+    manager, _ = _manager(tmp_path, keep_last=5)
+    with manager:
+        manager.save(CheckpointTag(1))
+        manager.save(CheckpointTag(2))
+        manifest = tmp_path / "checkpoint_epoch_2" / storage.MANIFEST_FILE
+        manifest.write_text(manifest.read_text().replace('"epoch": 2', '"epoch": [2]'))
+        loaded = manager.find_latest()
+    assert loaded is not None and loaded.tag == CheckpointTag(1)
+    assert any(name.startswith("checkpoint_epoch_2.corrupt-") for name in os.listdir(tmp_path))

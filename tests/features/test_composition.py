@@ -47,3 +47,12 @@ def test_descriptors_keep_counts_and_electron_parity():
     # The reduced formula of Bi4Se6 is Bi2Se3: same reduced parity, different absolute size.
     assert descriptors[1, 2] == descriptors[0, 2]
     assert descriptors[1, 5] > descriptors[0, 5]
+
+
+def test_noble_gas_formulas_do_not_leak_pymatgen_warnings_to_the_user(recwarn):
+    from topoclass.features.composition import material_descriptors
+
+    for symbol in ("Ar", "Kr", "Xe"):  # pymatgen caches the value and warns only the first time
+        vars(Element(symbol)).pop("X", None)
+    material_descriptors(["ArBi2", "KrF2", "XeO3"], [12, 136, 19])
+    assert not [w for w in recwarn if "electronegativity" in str(w.message)]

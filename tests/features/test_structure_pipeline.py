@@ -104,3 +104,11 @@ def test_real_cifs_agree_with_the_pymatgen_reference():
         got = features.store.graph(int(features.graph_index[i]))
         assert got.num_edges == expected.num_edges, path.name
         np.testing.assert_allclose(np.sort(got.edge_distance), np.sort(expected.edge_distance), atol=1e-4)
+
+
+def test_the_progress_bar_is_drawn_only_on_a_terminal(tmp_path, capsys):
+    refs = [StructureRef(text=crystal(i).to(fmt="poscar"), format="poscar") for i in range(3)]
+    featurize_structures(refs, GRAPH, workers=1, device="cpu")  # stderr is captured here: not a terminal
+    assert "featurizing structures" not in capsys.readouterr().err
+    featurize_structures(refs, GRAPH, workers=1, device="cpu", progress=True)
+    assert "featurizing structures" in capsys.readouterr().err

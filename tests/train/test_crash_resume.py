@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -12,15 +13,17 @@ import torch
 
 from tests.helpers import run_cli, start_cli
 from topoclass.checkpoint.manager import CheckpointManager
+from topoclass.config import CheckpointConfig
 from topoclass.train.signals import EXIT_RESUMABLE
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration  # kills real training processes
 
 KILLS = 12
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    loaded = CheckpointManager(run_dir / "checkpoints").find_latest()
+    with CheckpointManager(run_dir / "checkpoints", CheckpointConfig()) as manager:
+        loaded = manager.find_latest()
     assert loaded is not None
     trainer = loaded.state["trainer"]
     assert (
@@ -44,9 +47,11 @@ def train_args(config: Path, run_dir: Path) -> list[str]:
     return ["train", "--config", str(config), "--run-dir", str(run_dir), "--resume", "auto"]
 
 
-def kill_after_start(args: list[str], tmp_path: Path, delay: float, **env: str) -> int | None:
+def kill_after_start(
+    args: list[str], tmp_path: Path, delay: float, kill_at_commit: int | None = None
+) -> int | None:
     """Start training, wait until it trains, SIGKILL it after ``delay`` s; its exit code if it ended first."""
-    process = start_cli(args, tmp_path, **env)
+    process = start_cli(args, tmp_path, kill_at_commit=kill_at_commit)
     assert process.stdout is not None
     for line in process.stdout:
         if "Starting epoch" in line or "Resuming from" in line:
@@ -85,8 +90,9 @@ def test_sigkill_at_random_moments_resumes_bit_identical(synthetic_config, tmp_p
         # Every third attempt dies inside a checkpoint write (after the data files, before the manifest);
         # the others at a random moment of training, validation or checkpointing. Delays are a small
         # fraction of the whole run, so each attempt gets only part of the way.
-        env = {"TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE": str(rng.randint(1, 3))} if attempt % 3 == 2 else {}
-        code = kill_after_start(train_args(config, chaos), tmp_path, rng.uniform(0.02, 0.1) * duration, **env)
+        commit = rng.randint(1, 3) if attempt % 3 == 2 else None
+        delay = rng.uniform(0.02, 0.1) * duration
+        code = kill_after_start(train_args(config, chaos), tmp_path, delay, kill_at_commit=commit)
         if code == 0:
             break
         assert code == -signal.SIGKILL
@@ -115,10 +121,14 @@ def test_sigterm_stops_with_resumable_exit_code_and_resume_is_exact(synthetic_co
     output = process.stdout.read()
     assert process.wait() == EXIT_RESUMABLE, output
     assert "Stop requested (SIGTERM)" in output
+    (mid_epoch,) = (stopped / "checkpoints").glob("checkpoint_epoch_2_step_*")
     resumed = run_cli(["resume", str(stopped)], tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Checkpoint loaded from epoch 1" in resumed.stdout
-    assert "Resuming from epoch 2, step" in resumed.stdout
+    # The step the message names is the one in the checkpoint's name: the global optimizer step.
+    position = re.search(r"Resuming from epoch 2, step (\d+) \(batch (\d+) of (\d+)\)", resumed.stdout)
+    assert position is not None and mid_epoch.name == f"checkpoint_epoch_2_step_{position.group(1)}"
+    assert int(position.group(1)) == int(position.group(3)) + int(position.group(2))  # one epoch done before
     assert_identical(final_model(reference), final_model(stopped))
 
 
@@ -128,9 +138,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_older_one(synthetic_config, tmp
     assert run_cli(train_args(config, reference), tmp_path).returncode == 0
 
     run = tmp_path / "run"
-    code = kill_after_start(
-        train_args(config, run), tmp_path, 60.0, TOPOCLASS_KILL_DURING_CHECKPOINT_WRITE="4"
-    )
+    code = kill_after_start(train_args(config, run), tmp_path, 60.0, kill_at_commit=4)
     assert code == -signal.SIGKILL  # died writing epoch 3 (best/latest writes count too)
     checkpoints = sorted((run / "checkpoints").glob("checkpoint_epoch_*"))
     newest = checkpoints[-1]

@@ -10,6 +10,8 @@ import pytest
 
 from topoclass.train.signals import EXIT_RESUMABLE, STOP_SIGNALS, install_stop_handlers
 
+pytestmark = pytest.mark.integration  # starts topoclass processes
+
 # Stands in for a training loop: polls the flag, "checkpoints" and exits resumable.
 # With IGNORE_FLAG it keeps running, so a second Ctrl-C is needed to stop it.
 _LOOP = textwrap.dedent(

@@ -160,7 +160,8 @@ def checkpoint_target(path: Path) -> CheckpointTarget:
         return CheckpointTarget(RunLayout.open(path).checkpoints)
     if path.is_dir() and (checkpoint_dirs(path) or (path / BEST_NAME).is_dir()):
         return CheckpointTarget(path)
-    storage.refuse_if_foreign(path)  # names pickle files for what they are
+    if path.is_file() or storage.holds_pickles(path):
+        storage.refuse_if_foreign(path)  # names pickle files for what they are
     raise CheckpointError(f"no checkpoint in {path}")
 
 

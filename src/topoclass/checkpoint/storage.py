@@ -350,12 +350,17 @@ def refuse_if_foreign(path: Path) -> None:
     ours = path.is_dir() and any((path / name).exists() for name in (MANIFEST_FILE, *DATA_FILES))
     if ours:
         return
-    if path.is_file() or any(_looks_pickled(entry) for entry in sorted(path.iterdir())[:100]):
+    if path.is_file() or holds_pickles(path):
         raise CheckpointError(
             f"refusing to load {path}: not a topoclass checkpoint "
             "(pickle-based files are never loaded because they can execute code)"
         )
     raise CheckpointError(f"{path} is not a topoclass checkpoint (no {MANIFEST_FILE})")
+
+
+def holds_pickles(directory: Path) -> bool:
+    """Whether a folder holds files that look like pickles (``torch.save`` and the like)."""
+    return directory.is_dir() and any(_looks_pickled(entry) for entry in sorted(directory.iterdir())[:100])
 
 
 def _looks_pickled(file: Path) -> bool:
