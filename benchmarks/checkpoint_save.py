@@ -35,6 +35,7 @@ import torch
 from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag
 from topoclass.checkpoint.serialize import flatten, safetensors_chunks
 from topoclass.checkpoint.state import RNGState
+from topoclass.config import CheckpointConfig
 
 
 def build_state(width: int) -> dict:
@@ -56,6 +57,19 @@ def build_state(width: int) -> dict:
         "rng": RNGState().state_dict(),
         "trainer": {"epoch": 1, "global_step": 100, "best_val_loss": 0.5},
     }
+
+
+class Frozen:
+    """A component whose state is fixed: the same tree on every save."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
 
 
 def filesystem_type(path: Path) -> str:
@@ -111,24 +125,31 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in ("bare", "fsync", "ours", "ours_nofsync", "resume")}
     try:
         (scratch / "torch").mkdir()
-        manager = CheckpointManager(scratch / "ours", keep_last=3)
-        unsynced = CheckpointManager(scratch / "nofsync", keep_last=3)
+        manager = CheckpointManager(scratch / "ours", CheckpointConfig(keep_last=3))
+        unsynced = CheckpointManager(scratch / "nofsync", CheckpointConfig(keep_last=3))
+        for saver in (manager, unsynced):
+            saver.attach(
+                {name: Frozen(part) for name, part in state.items()}, lambda tag: {"epoch": tag.epoch}
+            )
         for i in range(args.repeats):
             bare, durable = scratch / "torch" / f"bare_{i}.pt", scratch / "torch" / f"fsync_{i}.pt"
             times["bare"].append(timed(torch_save, state, bare, durable=False))
             times["fsync"].append(timed(torch_save, state, durable, durable=True))
-            tag, metadata = CheckpointTag(i + 1), {"repeat": i}
-            times["ours"].append(timed(manager.save, tag, state, metadata=metadata))
+            tag = CheckpointTag(i + 1)
+            times["ours"].append(timed(manager.save, tag))
             with mock.patch("os.fsync"):
-                times["ours_nofsync"].append(timed(unsynced.save, tag, state, metadata=metadata))
+                times["ours_nofsync"].append(timed(unsynced.save, tag))
             # Retention frees old checkpoints in the background; in training that overlaps the next
             # steps, here it must not slow down the next measurement, so wait for it untimed.
             manager.wait_for_cleanup()
             unsynced.wait_for_cleanup()
             for old in (scratch / "torch").glob(f"*_{i - 2}.pt"):  # keep 3, like the manager's retention
                 old.unlink()
-        for _ in range(args.repeats):
-            times["resume"].append(timed(CheckpointManager(scratch / "ours").find_latest))
+        manager.close()
+        unsynced.close()
+        with CheckpointManager(scratch / "ours", CheckpointConfig()) as reader:
+            for _ in range(args.repeats):
+                times["resume"].append(timed(reader.find_latest))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

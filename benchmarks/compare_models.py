@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cli_runner import topoclass
 
-from topoclass.evaluation.report import format_results_table
+from topoclass.app.report import format_results_table
 
 
 def main() -> None:

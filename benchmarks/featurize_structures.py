@@ -39,9 +39,9 @@ from scipy.sparse.csgraph import laplacian
 
 from topoclass.config import DATA_DIR_ENV, GraphConfig
 from topoclass.data.records import StructureRef
-from topoclass.data.structures import reduced_formula
 from topoclass.features.spectral import SpectralCache
 from topoclass.features.structure_pipeline import featurize_structures
+from topoclass.features.structures import reduced_formula
 
 GRAPH = GraphConfig()
 

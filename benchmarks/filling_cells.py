@@ -20,7 +20,7 @@ import numpy as np
 from pymatgen.core import Composition
 
 from topoclass.config import DataConfig
-from topoclass.data.prepare import prepare_dataset
+from topoclass.data.build import prepare_dataset
 from topoclass.features.filling import filling_facts
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import yaml
 from compare_models import compare_modalities
 
+from topoclass.app.report import format_results_table
 from topoclass.config import load_config
+from topoclass.data.build import prepare_dataset
 from topoclass.data.clean import formula_key
-from topoclass.data.prepare import prepare_dataset
-from topoclass.data.tang2019 import tang2019_tasks
-from topoclass.evaluation.report import format_results_table
+from topoclass.data.datasets.tang2019 import tang2019_tasks
 
 
 def write_joined_table(data_dir: Path, table: Path) -> tuple[int, int]:

@@ -31,7 +31,7 @@ def load_twice(dataset: str, env: dict[str, str]) -> tuple[float, float]:
     """Seconds to prepare the dataset with an empty cache, then again from the cache (fresh processes)."""
     code = (
         "import time; from topoclass.config import load_config;"
-        "from topoclass.data.prepare import prepare_dataset;"
+        "from topoclass.data.build import prepare_dataset;"
         f"c = load_config(None, {{'data.dataset': '{dataset}'}}); t = time.perf_counter();"
         "d = prepare_dataset(c.data); print(time.perf_counter() - t, d.from_cache)"
     )

@@ -19,7 +19,8 @@ if python -c "import torch" 2>/dev/null; then
 elif command -v nvidia-smi >/dev/null 2>&1; then
     python -m pip install -q "torch==2.13.0"
 else
-    python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu --timeout 20
+    # --retries 1: where that index cannot be reached, pip falls back on its other indexes quickly.
+    python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu --timeout 20 --retries 1
 fi
 python -m pip install -q -e ".[dev]"
 echo "topoclass installed in $(dirname "$(dirname "$(command -v python)")")"

@@ -1,3 +1,3 @@
 """topoclass: multitask classifiers of topological materials that never lose training progress."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

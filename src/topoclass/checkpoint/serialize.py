@@ -216,7 +216,7 @@ def safetensors_chunks(
         }
         offset += size
         if size:
-            payload.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            payload.append(tensor.reshape(-1).view(torch.uint8).numpy().data)
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
     return [struct.pack("<Q", len(header_bytes)) + header_bytes, *payload]

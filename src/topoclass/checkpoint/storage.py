@@ -95,7 +95,7 @@ class CheckpointStorage:
         """Durably write ``tree`` and ``metadata`` as the checkpoint directory ``path``."""
         path = Path(path)
         tensors, json_tree = flatten(tree)
-        contents = {
+        contents: dict[str, list[bytes | memoryview]] = {
             TENSORS_FILE: safetensors_chunks(tensors),
             STATE_FILE: [_json_bytes({"tree": json_tree, "metadata": metadata}, what="checkpoint metadata")],
         }

@@ -18,15 +18,13 @@ brings a dozen dependencies for one table.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
-import spglib
 from pymatgen.core import Composition
 
-from topoclass.features.symmetry import representative_hall_numbers
+from topoclass.features.symmetry import symmetry_operations
 
 NUM_FILLING_FACTS = 7
 # Every special position of the 230 groups has coordinates in multiples of 1/24
@@ -40,10 +38,7 @@ _MAX_FORMULA_UNITS = 48
 @cache
 def wyckoff_multiplicities(number: int) -> tuple[int, ...]:
     """Distinct Wyckoff multiplicities of space group ``number``, counted in the primitive cell."""
-    with warnings.catch_warnings():
-        # spglib announces a change of its error handling on every database call.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        operations = spglib.get_symmetry_from_database(representative_hall_numbers()[number])
+    operations = symmetry_operations(number)
     rotations, translations = operations["rotations"], operations["translations"]
     centring = sum(np.array_equal(r, np.eye(3)) for r in rotations)
     shifts = np.rint(translations * _GRID).astype(np.int32)

@@ -140,7 +140,7 @@ def _read_cif(text: str) -> Structure:
     cell = small.cell
     lattice = Lattice.from_parameters(cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)
     frac_coords = _snap_thirds(np.array([site.fract.tolist() for site in sites], dtype=float) % 1.0)
-    return Structure(lattice, numbers, frac_coords)
+    return Structure(lattice, numbers, frac_coords)  # type: ignore[arg-type]  # atomic numbers are accepted
 
 
 def _snap_thirds(frac_coords: np.ndarray) -> np.ndarray:
@@ -166,7 +166,8 @@ def _read_extxyz(text: str) -> Structure:
     import ase.io
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    atoms = ase.io.read(io.StringIO(text), format="extxyz")
+    atoms = ase.io.read(io.StringIO(text), format="extxyz", index=0)
+    atoms = atoms[0] if isinstance(atoms, list) else atoms  # index=0 reads one frame
     if not all(atoms.pbc) or atoms.cell.volume <= 0:
         raise DataError("the extended XYZ frame has no periodic cell (set Lattice= and pbc)")
     return AseAtomsAdaptor.get_structure(atoms)
@@ -248,7 +249,9 @@ def spglib_spacegroup(structure: Structure, symprec: float) -> int:
             # spglib 2.x warns about its error-handling mode on every call; both modes are handled.
             warnings.simplefilter("ignore", DeprecationWarning)
             dataset = spglib.get_symmetry_dataset(
-                cell, symprec=symprec, angle_tolerance=ANGLE_TOLERANCE_DEGREES
+                cell,  # type: ignore[arg-type]  # NumPy arrays are what spglib wants
+                symprec=symprec,
+                angle_tolerance=ANGLE_TOLERANCE_DEGREES,
             )
     except Exception:  # newer spglib raises where older versions returned None
         dataset = None

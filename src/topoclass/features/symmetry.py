@@ -23,13 +23,31 @@ _CENTRINGS = ("P", "A", "B", "C", "I", "F", "R")
 _LAST_HALL_NUMBER = 530
 
 
+def spacegroup_type(hall_number: int) -> spglib.SpaceGroupType:
+    """spglib's description of one Hall setting (1..530)."""
+    found = spglib.get_spacegroup_type(hall_number)
+    if found is None:
+        raise ValueError(f"spglib has no Hall setting {hall_number}")
+    return found
+
+
+def symmetry_operations(number: int) -> dict[str, np.ndarray]:
+    """Rotations and translations of space group ``number`` in its standard setting."""
+    with warnings.catch_warnings():
+        # spglib announces a change of its error handling on every database call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        operations = spglib.get_symmetry_from_database(representative_hall_numbers()[number])
+    if operations is None:
+        raise ValueError(f"spglib has no symmetry operations for space group {number}")
+    return operations
+
+
 @lru_cache(maxsize=1)
 def representative_hall_numbers() -> dict[int, int]:
     """Space-group number -> the first (standard) Hall setting spglib lists for it."""
     hall: dict[int, int] = {}
     for hall_number in range(1, _LAST_HALL_NUMBER + 1):
-        number = spglib.get_spacegroup_type(hall_number).number
-        hall.setdefault(number, hall_number)
+        hall.setdefault(spacegroup_type(hall_number).number, hall_number)
     return hall
 
 
@@ -41,9 +59,7 @@ def _has_invariant_direction(rotations: np.ndarray) -> bool:
 
 @lru_cache(maxsize=1)
 def _point_group_symbols() -> list[str]:
-    symbols = {
-        spglib.get_spacegroup_type(h).pointgroup_international for h in range(1, _LAST_HALL_NUMBER + 1)
-    }
+    symbols = {spacegroup_type(h).pointgroup_international for h in range(1, _LAST_HALL_NUMBER + 1)}
     return sorted(symbols)
 
 
@@ -71,9 +87,8 @@ def _build_spacegroup_table() -> np.ndarray:
     point_groups = _point_group_symbols()
     rows = [np.zeros(0)]
     for number in range(1, NUM_SPACEGROUPS + 1):
-        hall_number = representative_hall_numbers()[number]
-        sg_type = spglib.get_spacegroup_type(hall_number)
-        rotations = spglib.get_symmetry_from_database(hall_number)["rotations"]
+        sg_type = spacegroup_type(representative_hall_numbers()[number])
+        rotations = symmetry_operations(number)["rotations"]
         unique_rotations = np.unique(rotations.reshape(len(rotations), -1), axis=0).reshape(-1, 3, 3)
         system = np.searchsorted(_CRYSTAL_SYSTEM_FIRST_NUMBER, number, side="right") - 1
         features = np.concatenate(

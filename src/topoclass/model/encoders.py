@@ -33,6 +33,8 @@ class CompositionEncoder(nn.Module):
     heavy p-block element next to a chalcogen matters, not each alone).
     """
 
+    element_properties: torch.Tensor
+
     def __init__(
         self, embedding_dim: int, hidden_dim: int, heads: int, dropout: float, num_descriptors: int
     ) -> None:
@@ -97,6 +99,8 @@ class CompositionEncoder(nn.Module):
 
 class SymmetryEncoder(nn.Module):
     """Space-group embedding plus derived facts (crystal system, point group, inversion...)."""
+
+    spacegroup_facts: torch.Tensor
 
     def __init__(self, embedding_dim: int, hidden_dim: int, dropout: float) -> None:
         super().__init__()

@@ -1,13 +1,14 @@
-"""Crystal-graph encoder: element embeddings plus sign-invariant Laplacian encodings, CGConv layers."""
+"""Crystal-graph encoder: element embeddings plus sign-invariant Laplacian encodings, CGCNN layers."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import CGConv, global_max_pool, global_mean_pool
+from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from topoclass.features.graph import NUM_CELL_FACTS, cell_facts, gaussian_rbf
+from topoclass.model.crystal_conv import CrystalGraphConv
 
 
 class SignInvariantPositionalEncoding(nn.Module):
@@ -58,9 +59,7 @@ class StructureEncoder(nn.Module):
         self.positional = SignInvariantPositionalEncoding(spectral_k, hidden_dim)
         # Per-node LayerNorm rather than BatchNorm: a crystal's embedding must not depend on
         # which other crystals share its batch.
-        self.convolutions = nn.ModuleList(
-            CGConv(hidden_dim, dim=num_rbf, aggr="add", batch_norm=False) for _ in range(num_layers)
-        )
+        self.convolutions = nn.ModuleList(CrystalGraphConv(hidden_dim, num_rbf) for _ in range(num_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_dim) for _ in range(num_layers))
         self.dropout = nn.Dropout(dropout)
         self.readout = nn.Sequential(

@@ -8,16 +8,18 @@ has exactly the model's keys, so exported weights load into a plain model.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
 
-class WeightAverage:
+
+class WeightAverage(Generic[M]):
     """EMA of a model's parameters, with a warm-up so early steps are not dominated by the initial weights."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: M, decay: float) -> None:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 

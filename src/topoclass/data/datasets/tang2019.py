@@ -56,7 +56,10 @@ def load_tang2019(data: DataConfig) -> RawDataset:
             if not line.strip():
                 continue
             record = _parse_line(line, f"{NAME}/{file_name}:{line_number}", labels)
-            (materials if isinstance(record, Material) else rejects).append(record)
+            if isinstance(record, Material):
+                materials.append(record)
+            else:
+                rejects.append(record)
     logger.info("%s: read %d materials, %d malformed lines", NAME, len(materials), len(rejects))
     return RawDataset(
         name=NAME, materials=materials, rejects=rejects, tasks=tang2019_tasks(), main_task=BINARY_TASK

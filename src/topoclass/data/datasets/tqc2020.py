@@ -17,7 +17,7 @@ from pathlib import Path
 
 from topoclass.config import DataConfig, TaskConfig
 from topoclass.data.datasets import register, require_data_dir
-from topoclass.data.records import Material, RawDataset, Reject, StructureRef
+from topoclass.data.records import LabelValue, Material, RawDataset, Reject, StructureRef
 from topoclass.data.tables import read_data_text
 from topoclass.errors import DataError
 
@@ -68,7 +68,10 @@ def load_tqc2020(data: DataConfig) -> RawDataset:
             continue
         source = f"{NAME}/{LABELS_FILE}:{line_number}"
         record = _parse_row(row, source, structures, available)
-        (materials if isinstance(record, Material) else rejects).append(record)
+        if isinstance(record, Material):
+            materials.append(record)
+        else:
+            rejects.append(record)
 
     missing = sum(reject.category == "missing_structure" for reject in rejects)
     logger.info(
@@ -95,7 +98,9 @@ def _parse_row(row: list[str], source: str, structures: Path, available: set[str
     if cif_name not in available:
         reason = f"no structure file {STRUCTURES_DIR}/{cif_name}"
         return Reject(id=material_id, source=source, reason=reason, category="missing_structure")
-    labels = {task: (value or None) for task, value in zip(TASK_CLASSES, values[1:], strict=True)}
+    labels: dict[str, LabelValue] = {
+        task: (value or None) for task, value in zip(TASK_CLASSES, values[1:], strict=True)
+    }
     return Material(
         id=material_id,
         formula="",
