@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "TOPOCLASS_DATA_DIR"
 CACHE_DIR_ENV = "TOPOCLASS_CACHE_DIR"
-TASK_TYPES = ("classification", "regression")
 
 
 def _no_bool(value: Any) -> Any:

@@ -5,7 +5,7 @@ learning it involves: how wide the model's output is, how a raw label is checked
 and encoded, the loss, how outputs become predictions, the metrics, the split
 strata and the gradient-boosted reference. Nothing else in topoclass branches
 on ``task.type``: adding a kind of task (ordinal, multi-label) is one class here
-plus its name in :data:`topoclass.config.TASK_TYPES`.
+plus its name among the choices of ``TaskConfig.type``.
 """
 
 from __future__ import annotations
