@@ -131,3 +131,13 @@ def make_checkpointed_run(root: Path, checkpoint_dir: Path | None = None):
         manager.save(CheckpointTag(1), best=True)
         manager.save(CheckpointTag(2, 9))
     return layout
+
+
+def train_synthetic_run(root: Path, n: int = 200, epochs: int = 3) -> subprocess.CompletedProcess:
+    """Train ``root/run`` on a synthetic table (``root/materials.csv``, config ``root/config.yaml``)."""
+    table = write_synthetic_table(root / "materials.csv", n)
+    config = root / "config.yaml"
+    config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=epochs, every_steps=0))
+    result = run_cli(["train", "--config", str(config), "--run-dir", str(root / "run")], root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result

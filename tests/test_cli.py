@@ -9,23 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DATA_DIR, run_cli
+from tests.helpers import DATA_DIR, run_cli, train_synthetic_run
 
 pytestmark = pytest.mark.integration  # starts topoclass processes
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from tests.helpers import SYNTHETIC_CONFIG, write_synthetic_table
-
     tmp = tmp_path_factory.mktemp("cli")
-    table = write_synthetic_table(tmp / "materials.csv", 200)
-    config = tmp / "config.yaml"
-    config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=3, every_steps=0))
-    run = tmp / "run"
-    result = run_cli(["train", "--config", str(config), "--run-dir", str(run)], tmp)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return tmp, run, result.stdout
+    result = train_synthetic_run(tmp, n=200)
+    return tmp, tmp / "run", result.stdout
 
 
 def test_train_reports_progress_and_writes_the_run_directory(finished_run):

@@ -34,7 +34,7 @@ def write_table(folder, n=48, seed=0):
         )
         path = folder / "cifs" / f"s{i}.cif"
         path.parent.mkdir(exist_ok=True)
-        structure.to(filename=str(path))
+        path.write_text(structure.to(fmt="cif"))
         heavy = cation in ("Hg", "Pb", "Sn", "Bi") or anion == "Te"
         rows.append({"id": f"s{i}", "structure": f"cifs/s{i}.cif", "topo": "TI" if heavy else "trivial"})
     (folder / "cifs" / "broken.cif").write_text("data_broken\n_cell_length_a 5\nnonsense\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import SYNTHETIC_CONFIG, run_cli, write_synthetic_table
+from tests.helpers import run_cli, train_synthetic_run
 from topoclass.checkpoint.manager import read_checkpoint
 
 pytestmark = pytest.mark.integration  # trains in real processes
@@ -23,12 +23,7 @@ pytestmark = pytest.mark.integration  # trains in real processes
 def template(tmp_path_factory):
     """A finished 3-epoch run with a checkpoint every epoch, and its table and config."""
     root = tmp_path_factory.mktemp("lifecycle")
-    table = write_synthetic_table(root / "materials.csv", 160)
-    config = root / "config.yaml"
-    config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=3, every_steps=0))
-    run = root / "run"
-    done = run_cli(["train", "--config", str(config), "--run-dir", str(run)], root)
-    assert done.returncode == 0, done.stdout + done.stderr
+    train_synthetic_run(root, n=160)
     return root
 
 

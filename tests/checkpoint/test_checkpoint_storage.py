@@ -17,6 +17,7 @@ import torch
 from tests.helpers import KILL_SCRIPT
 from topoclass.app.runs import checkpoint_target
 from topoclass.checkpoint import storage
+from topoclass.checkpoint.catalog import describe_checkpoint
 from topoclass.checkpoint.manager import CheckpointManager
 from topoclass.config import CheckpointConfig
 from topoclass.errors import CheckpointError, DamagedCheckpointError
@@ -30,11 +31,7 @@ def _write(path: Path, tree=TREE, **kwargs) -> Path:
 
 
 def _problem(path: Path) -> str | None:
-    try:
-        storage.verify(path)
-    except DamagedCheckpointError as damage:
-        return damage.problem
-    return None
+    return describe_checkpoint(path).problem
 
 
 def test_write_then_read_round_trip_with_manifest_describing_every_file(tmp_path):

@@ -161,7 +161,16 @@ def test_formula_and_spacegroup_tolerate_small_distortions():
     structure = rock_salt()
     assert (reduced_formula(structure), spglib_spacegroup(structure, 0.1)) == ("NaCl", 225)
     rng = np.random.default_rng(0)
-    structure.perturb(0.01, min_distance=0.005, seed=rng.integers(1 << 30))  # well inside symprec 0.1 Å
+    directions = rng.normal(size=(len(structure), 3))
+    shifts = (
+        directions
+        / np.linalg.norm(directions, axis=1, keepdims=True)
+        * rng.uniform(0.005, 0.01, (len(structure), 1))
+    )
+    for index, shift in enumerate(
+        shifts
+    ):  # each atom 0.005 to 0.01 Å off its site: well inside symprec 0.1 Å
+        structure.translate_sites([index], shift, frac_coords=False)
     assert spglib_spacegroup(structure, 0.1) == 225
     assert spglib_spacegroup(structure, 1e-4) != 225
 
