@@ -17,7 +17,7 @@ from typing import Any
 
 from topoclass import __version__
 from topoclass.config import Config, load_config, parse_override
-from topoclass.errors import TopoclassError
+from topoclass.errors import EXIT_RESUMABLE, ResumableStop, TopoclassError
 
 EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 1
@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except ResumableStop as exc:
+        print(f"topoclass: stopped: {exc}", file=sys.stderr)
+        return EXIT_RESUMABLE
     except TopoclassError as exc:
         print(f"topoclass: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

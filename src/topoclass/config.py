@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -148,7 +149,18 @@ class TrainConfig(_Section):
     seed: int = Count(0)
     device: str = "auto"
     deterministic: bool = True
-    amp: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision; fp16 (with a grad scaler) needs CUDA, bf16 runs on CPU too"
+    )
+    accumulate_steps: int = Count(1, ge=1, description="batches whose gradients make one optimizer step")
+    max_atoms_per_batch: int = Count(0, description="cap on atoms in one forward pass (structures); 0: none")
+    release_memory: bool = Field(True, description="collect garbage, release cached CUDA memory each epoch")
+    nonfinite_patience: int = Count(5, ge=1, description="non-finite steps in a row before rolling back")
+    rollback_lr_factor: Real = Field(0.5, gt=0, lt=1, description="learning-rate factor on each rollback")
+    max_rollbacks: int = Count(3, description="rollbacks before a diverging run stops")
+    collective_timeout_s: Real = Field(
+        300.0, gt=0, description="seconds a process waits for the others before the job stops"
+    )
     progress_bar: bool = True
 
 
@@ -160,6 +172,7 @@ class CheckpointConfig(_Section):
     every_minutes: Real = Field(30.0, ge=0, description="mid-epoch, by wall time; 0 disables")
     every_steps: int = Count(0, description="mid-epoch, every N optimizer steps; 0 disables")
     keep_last: int = Count(3, ge=1)
+    max_failed_saves: int = Count(3, ge=1, description="failed saves in a row before the run stops (exit 75)")
     resume: str = "default"
 
 
@@ -192,7 +205,10 @@ RENAMED_KEYS: dict[str, str | None] = {
     "checkpoint.checkpoint_every_minutes": "checkpoint.every_minutes",
     "checkpoint.checkpoint_every_steps": "checkpoint.every_steps",
     "train.clear_caches_every_epochs": None,
+    "train.amp": "train.precision",
 }
+# How a renamed key's old values read under the new name, where they changed.
+RENAMED_VALUES: dict[str, Callable[[Any], Any]] = {"train.amp": lambda on: "fp16" if on else "fp32"}
 
 
 def _dotted_get(tree: dict[str, Any], dotted: str) -> Any:
@@ -217,7 +233,7 @@ def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
         new_key = new.split(".")[1]
         if new_key in section:
             raise ConfigError(f"{source}: both {old} (its old name) and {new} are set; keep {new}")
-        section[new_key] = value
+        section[new_key] = RENAMED_VALUES.get(old, lambda same: same)(value)
         logger.warning("%s: %s is now called %s", source, old, new)
     return tree
 

@@ -66,3 +66,26 @@ class DamagedCheckpointError(CheckpointError):
 
 class CheckpointLockedError(CheckpointError):
     """Another live process owns the checkpoint directory."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, permission lost, I/O error); nothing was committed."""
+
+
+EXIT_RESUMABLE = 75
+"""Exit status meaning: stopped with the work kept (a checkpoint, or nothing to keep yet); rerun to resume.
+
+(75 is EX_TEMPFAIL in sysexits.h: a temporary failure, retrying later may succeed.)
+"""
+
+
+class ResumableStop(TopoclassError):
+    """The run must stop for now, and can resume later from its last checkpoint (exit 75).
+
+    A full disk, a material too large for this device's memory, or a stop request
+    that came while the data was loading: a rerun, perhaps elsewhere, picks up.
+    """
+
+
+class DivergedError(TopoclassError):
+    """Training diverged again after every rollback allowed: the configuration needs a change."""

@@ -58,11 +58,19 @@ class TaskType(ABC):
     def decode(self, task: TaskConfig, value: float) -> LabelValue:
         """Inverse of :meth:`encode`; NaN (missing) becomes None."""
 
+    def row_weights(self, task: TaskConfig, targets: torch.Tensor, settings: LossSettings) -> torch.Tensor:
+        """How much each labelled row counts in the task's mean loss (from the labels alone)."""
+        return torch.ones_like(targets)
+
     @abstractmethod
-    def loss(
-        self, task: TaskConfig, outputs: torch.Tensor, targets: torch.Tensor, *, settings: LossSettings
+    def row_losses(
+        self, task: TaskConfig, outputs: torch.Tensor, targets: torch.Tensor, settings: LossSettings
     ) -> torch.Tensor:
-        """Mean loss of labelled rows (``targets`` has no NaN)."""
+        """Each labelled row's loss, already multiplied by its row weight (``targets`` has no NaN).
+
+        The task's loss is their sum over the row weights' sum; keeping the two apart lets a
+        batch split into micro-batches (or shared by processes) give exactly the same mean.
+        """
 
     @abstractmethod
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
@@ -144,14 +152,26 @@ class Classification(TaskType):
     def decode(self, task: TaskConfig, value: float) -> LabelValue:
         return None if math.isnan(value) else (task.classes or [])[int(value)]
 
-    def loss(
-        self, task: TaskConfig, outputs: torch.Tensor, targets: torch.Tensor, *, settings: LossSettings
+    def row_weights(self, task: TaskConfig, targets: torch.Tensor, settings: LossSettings) -> torch.Tensor:
+        if settings.weight is None:
+            return torch.ones_like(targets)
+        return settings.weight.to(targets.device)[targets.long()]
+
+    def row_losses(
+        self, task: TaskConfig, outputs: torch.Tensor, targets: torch.Tensor, settings: LossSettings
     ) -> torch.Tensor:
         target = targets.long()
         if task.loss == "focal":
-            return focal_loss(outputs, target, settings.focal_gamma, settings.weight)
+            log_p_true = F.log_softmax(outputs, dim=-1).gather(1, target.unsqueeze(1)).squeeze(1)
+            focal = -((1 - log_p_true.exp()) ** settings.focal_gamma) * log_p_true
+            return focal * self.row_weights(task, targets, settings)
+        # With class weights, cross-entropy's "none" reduction already multiplies each row by its weight.
         return F.cross_entropy(
-            outputs, target, weight=settings.weight, label_smoothing=settings.label_smoothing
+            outputs,
+            target,
+            weight=settings.weight,
+            label_smoothing=settings.label_smoothing,
+            reduction="none",
         )
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
@@ -225,10 +245,10 @@ class Regression(TaskType):
     def decode(self, task: TaskConfig, value: float) -> LabelValue:
         return None if math.isnan(value) else float(value)
 
-    def loss(
-        self, task: TaskConfig, outputs: torch.Tensor, targets: torch.Tensor, *, settings: LossSettings
+    def row_losses(
+        self, task: TaskConfig, outputs: torch.Tensor, targets: torch.Tensor, settings: LossSettings
     ) -> torch.Tensor:
-        return F.mse_loss(outputs, targets)
+        return (outputs - targets) ** 2
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         return outputs.float().reshape(-1).numpy()
@@ -273,19 +293,6 @@ def label_text(value: LabelValue) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
-
-
-def focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, gamma: float, weight: torch.Tensor | None
-) -> torch.Tensor:
-    """Cross-entropy down-weighted on easy examples by (1 - p_true) ** gamma."""
-    log_p = F.log_softmax(logits, dim=-1)
-    log_p_true = log_p.gather(1, target.unsqueeze(1)).squeeze(1)
-    loss = -((1 - log_p_true.exp()) ** gamma) * log_p_true
-    if weight is not None:
-        w = weight[target]
-        return (loss * w).sum() / w.sum()
-    return loss.mean()
 
 
 def score_tasks(

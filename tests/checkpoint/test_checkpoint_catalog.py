@@ -101,7 +101,7 @@ def test_list_never_calls_a_checkpoint_ok_whose_bytes_changed(checkpoints):
     for infos in (list_checkpoints(checkpoints), verify_checkpoints(checkpoints)):
         by_name = {info.name: info for info in infos}
         assert by_name["checkpoint_epoch_2"].problem == "tensors.safetensors: sha256 mismatch"
-        assert by_name["best"].problem == "tensors.safetensors: sha256 mismatch"  # it shares the file
+        assert by_name["best"].verified  # an independent copy
         assert by_name["checkpoint_epoch_4"].is_latest
     assert not describe_checkpoint(checkpoints / "checkpoint_epoch_2").verified
     assert describe_checkpoint(checkpoints / "checkpoint_epoch_3").verified
@@ -168,3 +168,17 @@ def test_set_aside_checkpoints_are_listed_but_not_verified(checkpoints):
     assert not aside.verified and aside.epoch == 1 and not aside.is_latest
     verified = [info.name for info in verify_checkpoints(checkpoints)]
     assert verified == ["checkpoint_epoch_2", "checkpoint_epoch_3", "checkpoint_epoch_4", "best"]
+
+
+def test_verify_reports_non_finite_tensors(checkpoints):
+    from topoclass.checkpoint.serialize import safetensors_chunks
+
+    path = checkpoints / "checkpoint_epoch_3"
+    chunks = safetensors_chunks({"w": torch.tensor([1.0, float("inf")]), "b": torch.zeros(2)})
+    blob = b"".join(bytes(c) for c in chunks)
+    (path / storage.TENSORS_FILE).write_bytes(blob)
+    manifest = json.loads((path / storage.MANIFEST_FILE).read_text())
+    manifest["files"][storage.TENSORS_FILE] = {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+    (path / storage.MANIFEST_FILE).write_text(json.dumps(manifest))
+    info = describe_checkpoint(path)
+    assert not info.verified and info.problem == "non-finite values in w"

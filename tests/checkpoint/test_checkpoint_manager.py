@@ -10,7 +10,7 @@ import torch
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, read_checkpoint, tag_or_none
 from topoclass.config import CheckpointConfig
-from topoclass.errors import CheckpointError, DamagedCheckpointError
+from topoclass.errors import CheckpointError, DamagedCheckpointError, ResumableStop
 
 
 class FakeClock:
@@ -97,7 +97,7 @@ def test_the_manager_decides_mid_epoch_by_minutes_steps_and_stop(tmp_path):
     assert saved == [100, 200, 300]
 
 
-def test_retention_keeps_newest_and_best_shares_files_by_hard_link(tmp_path):
+def test_retention_keeps_newest_and_best_is_an_independent_copy(tmp_path):
     manager, weights = _manager(tmp_path, keep_last=2)
     with manager:
         weights.w.fill_(1)
@@ -123,9 +123,10 @@ def test_retention_keeps_newest_and_best_shares_files_by_hard_link(tmp_path):
 
         path = manager.save(CheckpointTag(3), best=True)
         for name in storage.DATA_FILES:
-            assert os.stat(path / name).st_ino == os.stat(manager.best_path / name).st_ino
-        storage.verify(manager.best_path)
+            assert os.stat(path / name).st_ino != os.stat(manager.best_path / name).st_ino
         assert storage.read_manifest(manager.best_path)["source"] == "checkpoint_epoch_3"
+        _flip_byte(path / storage.TENSORS_FILE)  # one damaged file never takes best/ with it
+        storage.verify(manager.best_path)
 
 
 def test_restore_loads_every_attached_component_and_names_a_missing_one(tmp_path):
@@ -254,3 +255,42 @@ def test_a_manifest_of_the_wrong_shape_is_set_aside_like_any_damage(tmp_path):
         loaded = manager.find_latest()
     assert loaded is not None and loaded.tag == CheckpointTag(1)
     assert any(name.startswith("checkpoint_epoch_2.corrupt-") for name in os.listdir(tmp_path))
+
+
+def test_a_best_that_lags_behind_the_best_checkpoint_is_repaired(tmp_path):
+    manager, weights = _manager(tmp_path, keep_last=5)
+    manager.attach({"model": weights}, lambda tag: {"best_epoch": tag.epoch})
+    with manager:
+        manager.save(CheckpointTag(1), best=True)
+        weights.w.fill_(2)
+        manager.save(CheckpointTag(2))  # died before copying it to best/
+        latest = manager.find_latest()
+        assert latest is not None and storage.read_manifest(manager.best_path)["epoch"] == 1
+        manager.repair_best(latest)
+    assert storage.read_manifest(manager.best_path)["epoch"] == 2
+    assert torch.equal(read_checkpoint(manager.best_path).state["model"]["w"], torch.full((3,), 2.0))
+
+
+def test_a_failed_save_keeps_earlier_checkpoints_and_training_goes_on_until_too_many(tmp_path, monkeypatch):
+    manager, _ = _manager(tmp_path, keep_last=5, max_failed_saves=2)
+    with manager:
+        manager.save(CheckpointTag(1))
+
+        def disk_full(path, chunks):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(storage, "write_chunks", disk_full)
+        assert manager.save(CheckpointTag(2)) is None
+        assert sorted(os.listdir(tmp_path)) == ["checkpoint_epoch_1", "latest"]  # no partial files
+        with pytest.raises(ResumableStop, match=r"2 checkpoint saves in a row failed .*No space left"):
+            manager.save(CheckpointTag(3))
+        monkeypatch.undo()
+        storage.verify(tmp_path / "checkpoint_epoch_1")
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    manager, weights = _manager(tmp_path)
+    weights.w[1] = float("nan")
+    with manager, pytest.raises(CheckpointError, match=r"non-finite values in model\.w"):
+        manager.save(CheckpointTag(1))
+    assert not list(tmp_path.glob("checkpoint_*"))

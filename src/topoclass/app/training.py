@@ -1,12 +1,15 @@
 """A training run from start to finish: check, choose a checkpoint, prepare data, train, report.
 
 The order is what keeps a user's files safe. Everything that can be checked
-without writing (device, data sources, the run directory, an explicit
+without writing (device, precision, data sources, the run directory, an explicit
 checkpoint) is checked first; then the checkpoint to resume from is chosen, the
 data prepared and checked against what the run recorded, the trainer built and
 restored. Only when all of that holds is anything of the run written, and from
 then on ``status.json`` always tells the truth: ``running``, ``stopped``,
 ``finished``, or ``failed`` with the reason.
+
+Under torchrun every process runs this; the first one alone takes the lock,
+chooses the checkpoint, featurizes (the others read its cache) and writes.
 """
 
 from __future__ import annotations
@@ -20,20 +23,22 @@ from pathlib import Path
 
 import torch
 
+from topoclass import distributed
 from topoclass.app.prepare import RunData, run_data
 from topoclass.app.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.app.runs import RunLayout, checkpoint_target, is_run_directory
 from topoclass.checkpoint.lock import CheckpointLock
-from topoclass.checkpoint.manager import CheckpointManager, LoadedCheckpoint, read_checkpoint
+from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, read_checkpoint
 from topoclass.config import Config, config_yaml
 from topoclass.data.clean import format_report, write_rejects
 from topoclass.data.datasets import check_sources
 from topoclass.data.split import save_split
-from topoclass.errors import ConfigError, DataError
+from topoclass.distributed import PeerFailedError, ProcessGroup
+from topoclass.errors import CheckpointError, ConfigError, DataError, ResumableStop
 from topoclass.files import atomic_write
-from topoclass.train.device import select_device
-from topoclass.train.loop import Trainer
-from topoclass.train.signals import EXIT_RESUMABLE, install_stop_handlers
+from topoclass.train.device import autocast_dtype, select_device
+from topoclass.train.loop import BatchFailedError, Trainer
+from topoclass.train.signals import EXIT_RESUMABLE, StopRequest, install_stop_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -53,35 +58,67 @@ def code_revision() -> str | None:
 
 def run_training(config: Config, *, accept_data_change: bool = False) -> int:
     """Train (or resume) the run a config describes; returns the process exit code."""
+    group = distributed.environment_group()
     layout = RunLayout.for_config(config)
-    device = select_device(config.train.device)
+    device = select_device(config.train.device, group.local_rank)
+    autocast_dtype(config.train.precision, device)  # fp16 on a CPU is refused now, not after featurizing
     check_sources(config.data)
     _check_run_directory(layout)
     mode = resolve_resume_mode(config.checkpoint.resume)
     explicit = None if mode in RESUME_MODES else checkpoint_target(Path(mode)).single(prefer_best=False)
+    if not group.is_primary:
+        _quiet(group)
+    distributed.start(group, device, timeout_s=config.train.collective_timeout_s)
+    try:
+        with install_stop_handlers() as stop:
+            return _run(config, layout, device, group, mode, explicit, stop, accept_data_change)
+    except PeerFailedError as error:
+        raise ResumableStop(str(error)) from error
+    finally:
+        distributed.stop()
 
+
+def _run(
+    config: Config,
+    layout: RunLayout,
+    device: torch.device,
+    group: ProcessGroup,
+    mode: str,
+    explicit: Path | None,
+    stop: StopRequest,
+    accept_data_change: bool,
+) -> int:
     lock = CheckpointLock(layout.checkpoints)
-    if layout.checkpoints.is_dir():
+    if group.is_primary and layout.checkpoints.is_dir():
         lock.acquire()  # before looking: choosing a checkpoint may set damaged ones aside
     try:
         started = time.perf_counter()
-        checkpoint = _choose_checkpoint(layout, mode, explicit, holding_lock=lock.held)
+        checkpoint = _agree_on_checkpoint(layout, mode, explicit, group, holding_lock=lock.held)
         if checkpoint is not None:
             for key in check_config_drift(checkpoint.metadata["config"], config.to_dict()):
                 logger.warning("Config changed since the checkpoint: %s (applied)", key)
-        data = run_data(
-            config, layout, resuming=checkpoint is not None, accept_data_change=accept_data_change
-        )
+        stop.immediate = True  # nothing to checkpoint yet: a stop signal stops at once (exit 75)
+        data = _prepare_once(config, layout, group, checkpoint is not None, accept_data_change)
+        stop.immediate = False
         if checkpoint is not None:
             _check_checkpoint_data(checkpoint, data, accept_data_change)
-        else:
+        elif group.is_primary:
             logger.info("Starting fresh training")
             lock.release()
             _set_aside_previous_run(layout, mode)
             lock.acquire()
-        return _train(config, layout, device, data, checkpoint, time.perf_counter() - started)
+        group.barrier()
+        return _train(config, layout, device, group, data, checkpoint, stop, time.perf_counter() - started)
     finally:
         lock.release()
+
+
+def _quiet(group: ProcessGroup) -> None:
+    """Only the first process reports progress; the others say only what goes wrong, and who they are."""
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [rank {group.rank}] %(message)s"))
 
 
 def _check_run_directory(layout: RunLayout) -> None:
@@ -93,6 +130,19 @@ def _check_run_directory(layout: RunLayout) -> None:
         raise ConfigError(
             f"run directory {root} is not empty and is not a topoclass run; choose a new or empty directory"
         )
+
+
+def _agree_on_checkpoint(
+    layout: RunLayout, mode: str, explicit: Path | None, group: ProcessGroup, *, holding_lock: bool
+) -> LoadedCheckpoint | None:
+    """The first process chooses the checkpoint to resume from; every process loads that one."""
+    chosen = None
+    if group.is_primary:
+        chosen = _choose_checkpoint(layout, mode, explicit, holding_lock=holding_lock)
+    path = group.gather_objects(None if chosen is None else str(chosen.path))[0]
+    if group.is_primary or path is None:
+        return chosen
+    return read_checkpoint(Path(path))
 
 
 def _choose_checkpoint(
@@ -110,15 +160,32 @@ def _choose_checkpoint(
         return None
     with CheckpointManager(layout.checkpoints, Config().checkpoint) as manager:
         latest = manager.find_latest()
+        if latest is not None:
+            manager.repair_best(latest)
     if latest is None:
-        if any(layout.checkpoints.glob("*.corrupt-*")):
-            logger.warning(
-                "Every checkpoint of %s failed verification (set aside as *.corrupt-*)", layout.root
+        damaged = sorted(path.name for path in layout.checkpoints.glob("*.corrupt-*"))
+        if damaged:
+            # Never start a multi-day run over without being told to.
+            raise CheckpointError(
+                f"every checkpoint of {layout.root} failed verification (set aside: {', '.join(damaged[:4])}"
+                f"{', ...' if len(damaged) > 4 else ''}); to start over, run again with --resume never"
             )
         return None
     if mode == "ask" and not ask_to_resume(latest.path):
         return None
     return latest
+
+
+def _prepare_once(
+    config: Config, layout: RunLayout, group: ProcessGroup, resuming: bool, accept: bool
+) -> RunData:
+    """The run's data; featurized by the first process alone (the others then read its cache)."""
+    if group.is_primary:
+        data = run_data(config, layout, resuming=resuming, accept_data_change=accept)
+    group.barrier()
+    if not group.is_primary:
+        data = run_data(config, layout, resuming=resuming, accept_data_change=accept)
+    return data
 
 
 def _check_checkpoint_data(checkpoint: LoadedCheckpoint, data: RunData, accept: bool) -> None:
@@ -164,8 +231,10 @@ def _train(
     config: Config,
     layout: RunLayout,
     device: torch.device,
+    group: ProcessGroup,
     data: RunData,
     checkpoint: LoadedCheckpoint | None,
+    stop: StopRequest,
     find_seconds: float,
 ) -> int:
     features = data.prepared.features
@@ -174,10 +243,7 @@ def _train(
         "data_fingerprint": data.fingerprint["digest"],
         "split_ids_sha256": data.split_digest,
     }
-    with (
-        CheckpointManager(layout.checkpoints, config.checkpoint) as manager,
-        install_stop_handlers() as stop,
-    ):
+    with CheckpointManager(layout.checkpoints, config.checkpoint, group=group) as manager:
         trainer = Trainer(
             config,
             features,
@@ -187,6 +253,7 @@ def _train(
             stop=stop,
             metrics_file=layout.metrics_file(),
             run_metadata=run_metadata,
+            group=group,
         )
         if checkpoint is not None:
             restore_started = time.perf_counter()
@@ -201,23 +268,33 @@ def _train(
                 find_seconds + time.perf_counter() - restore_started,
             )
             logger.info("%s", trainer.describe_position())
-        # Everything is known to be valid: from here on the run's files are written.
-        try:
+        if group.is_primary:
+            manager.check_room(max(manager.estimated_size(), _full_size_estimate(trainer)))
+            # Everything is known to be valid: from here on the run's files are written.
             _write_run_files(config, layout, data)
-            layout.write_status("running")
+        try:
             result = trainer.fit()
         except KeyboardInterrupt:
-            layout.write_status("stopped", reason="interrupted at once (second Ctrl-C)")
+            _status(group, layout, "stopped", reason="interrupted at once (second Ctrl-C)")
+            raise
+        except (ResumableStop, BatchFailedError) as error:
+            _save_last_good_state(trainer, manager, group, layout)
+            state = "stopped" if isinstance(error, ResumableStop) else "failed"
+            _status(group, layout, state, reason=_one_line(error))
             raise
         except BaseException as error:
-            layout.write_status("failed", reason=_one_line(error))
+            _status(group, layout, "failed", reason=_one_line(error))
             raise
     if result.outcome == "stopped":
-        layout.write_status("stopped", signal=stop.signal_name)
+        _status(group, layout, "stopped", signal=stop.signal_name)
         logger.warning("Training stopped; resume with: topoclass resume %s", layout.root)
         return EXIT_RESUMABLE
-    layout.write_status(
-        "finished", best_epoch=result.state.best_epoch, best_val_loss=result.state.best_val_loss
+    _status(
+        group,
+        layout,
+        "finished",
+        best_epoch=result.state.best_epoch,
+        best_val_loss=result.state.best_val_loss,
     )
     logger.info(
         "Training finished: best val loss %.4f at epoch %d. Results in %s",
@@ -226,6 +303,35 @@ def _train(
         layout.root,
     )
     return EXIT_OK
+
+
+def _save_last_good_state(
+    trainer: Trainer, manager: CheckpointManager, group: ProcessGroup, layout: RunLayout
+) -> None:
+    """After a step failed without changing anything (out of memory, an error in the batch), keep the
+    state it started from. Not in a job of several processes: the others may not be able to join."""
+    if group.distributed or manager.failed_saves >= manager.config.max_failed_saves:
+        return
+    try:
+        saved = manager.save(CheckpointTag(trainer.sampler.epoch, trainer.state.global_step))
+    except (ResumableStop, CheckpointError) as error:
+        logger.warning("Could not save the last good state: %s", error)
+        return
+    if saved is not None:
+        logger.warning(
+            "Saved the last good state as %s; resume with: topoclass resume %s", saved.name, layout.root
+        )
+
+
+def _full_size_estimate(trainer: Trainer) -> int:
+    """A checkpoint once the optimizer holds its moments: two more copies of every parameter."""
+    parameters = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+    return 4 * parameters + (1 << 20)
+
+
+def _status(group: ProcessGroup, layout: RunLayout, state: str, **extra: object) -> None:
+    if group.is_primary:
+        layout.write_status(state, **extra)
 
 
 def _write_run_files(config: Config, layout: RunLayout, data: RunData) -> None:
@@ -238,6 +344,7 @@ def _write_run_files(config: Config, layout: RunLayout, data: RunData) -> None:
     write_rejects(layout.rejects_file(), data.prepared.rejects)
     atomic_write(layout.data_report_file(), json.dumps(data.prepared.counts, indent=2))
     logger.info("%s", format_report(data.prepared.counts))
+    layout.write_status("running")
 
 
 def _one_line(error: BaseException) -> str:

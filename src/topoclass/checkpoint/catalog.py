@@ -76,9 +76,10 @@ def describe_checkpoint(path: Path) -> CheckpointInfo:
 def _problem(path: Path) -> str | None:
     try:
         storage.verify(path)
+        nonfinite = storage.nonfinite_tensors(path)
     except DamagedCheckpointError as damage:
         return damage.problem
-    return None
+    return f"non-finite values in {', '.join(nonfinite[:3])}" if nonfinite else None
 
 
 def _catalog(directory: Path, *, include_set_aside: bool) -> list[CheckpointInfo]:

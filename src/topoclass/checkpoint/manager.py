@@ -11,7 +11,7 @@ the caller's. The directory holds::
 
     checkpoint_epoch_5/                 end of epoch 5
     checkpoint_epoch_7_step_1200/       mid-epoch 7, at global step 1200
-    best/                               best-by-validation-loss state (own manifest)
+    best/                               best-by-validation-loss state (an independent copy)
     latest                              text file: name of the newest checkpoint
     <name>.corrupt-<UTC time>/          a checkpoint that failed verification, kept for inspection
     abandoned-<UTC time>/               newer checkpoints set aside when a run resumed from an older one
@@ -36,9 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from topoclass.checkpoint import storage
+from topoclass.checkpoint.serialize import flatten
 from topoclass.checkpoint.state import Stateful
 from topoclass.config import CheckpointConfig
-from topoclass.errors import CheckpointError, DamagedCheckpointError
+from topoclass.distributed import ProcessGroup
+from topoclass.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    DamagedCheckpointError,
+    ResumableStop,
+    WriteError,
+)
 from topoclass.files import atomic_write, fsync_paths
 
 log = logging.getLogger(__name__)
@@ -148,12 +156,21 @@ class CheckpointManager:
     """Checkpoint policy for one directory: schedule, retention, best, resume, restore."""
 
     def __init__(
-        self, directory: Path, config: CheckpointConfig, *, clock: Callable[[], float] = time.monotonic
+        self,
+        directory: Path,
+        config: CheckpointConfig,
+        *,
+        group: ProcessGroup | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = Path(directory)
         self.config = config
+        # In a job of several processes all of them take every decision together (the state is
+        # gathered from all), and the first one alone writes.
+        self.group = group or ProcessGroup()
         self.storage = storage.CheckpointStorage()
         self.seconds = 0.0  # wall time spent writing checkpoints
+        self.failed_saves = 0  # in a row
         self._clock = clock
         self._last_save = clock()
         self._components: Mapping[str, Stateful] = {}
@@ -190,10 +207,10 @@ class CheckpointManager:
             self._clock() - self._last_save >= self.config.every_minutes * 60
         )
         due_by_steps = self.config.every_steps > 0 and global_step % self.config.every_steps == 0
-        if stop or (not epoch_done and (due_by_time or due_by_steps)):
+        due = stop or (not epoch_done and (due_by_steps or self.group.any(due_by_time)))
+        if due:
             self.save(CheckpointTag(epoch, global_step))
-            return True
-        return False
+        return due
 
     def on_epoch_end(self, epoch: int, *, improved: bool, last: bool, stop: bool) -> Path | None:
         """An epoch finished and was validated: a full checkpoint when due, else ``best/`` if improved."""
@@ -202,58 +219,107 @@ class CheckpointManager:
         if due or last or stop:
             return self.save(tag, best=improved)
         if improved:
-            return self._write_best(tag)
+            return self._commit(tag, self.best_path, best=False)
         return None
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def save(self, tag: CheckpointTag, *, best: bool = False) -> Path:
-        """Commit a checkpoint, point ``latest`` at it, update ``best`` if asked, then apply retention.
+    def save(self, tag: CheckpointTag, *, best: bool = False) -> Path | None:
+        """Commit a checkpoint, point ``latest`` at it, copy it to ``best/`` if asked, apply retention.
 
-        With ``best`` this is two commits: the checkpoint, then ``best/`` (hard links, own manifest).
+        A save that fails (disk full, permission lost, I/O error) leaves every earlier
+        checkpoint as it was and training goes on; after ``max_failed_saves`` in a row the
+        run stops, resumable. Returns the checkpoint, or None when the save failed.
         """
+        return self._commit(tag, self.directory / tag.name(), best=best)
+
+    def _commit(self, tag: CheckpointTag, path: Path, *, best: bool) -> Path | None:
         started = time.perf_counter()
-        path = self.storage.write(
-            self.directory / tag.name(),
-            self._state(),
-            metadata=self._metadata(tag),
-            epoch=tag.epoch,
-            step=tag.step,
-        )
-        storage.verify(path, full=False)  # bytes were hashed as written; re-check the commit
-        # A hint for people and tools, so not fsynced: resume scans and verifies instead of trusting it.
-        atomic_write(self.directory / LATEST_POINTER, f"{tag.name()}\n", durable=False)
-        if best:
-            self._link_best(path)
-        self._apply_retention(keep=path)
+        state, metadata = self._state(), self._metadata(tag)  # every process: the state is gathered
+        problem = None
+        if self.group.is_primary:
+            try:
+                self.storage.write(path, state, metadata=metadata, epoch=tag.epoch, step=tag.step)
+                storage.verify(path, full=False)  # bytes were hashed as written; re-check the commit
+                if path != self.best_path:
+                    self._point_latest_at(tag)
+                    if best:
+                        self._copy_best(path)
+                    self._apply_retention(keep=path)
+            except CheckpointWriteError as error:
+                problem = str(error)
         self._last_save = self._clock()
         self.seconds += time.perf_counter() - started
-        return path
+        if not self.group.any(problem is not None):
+            self.failed_saves = 0
+            return path
+        self.failed_saves += 1
+        problem = problem or "see the first process's log"
+        log.warning("Checkpoint not saved (%s); earlier checkpoints are intact", problem)
+        if self.failed_saves >= self.config.max_failed_saves:
+            raise ResumableStop(
+                f"{self.failed_saves} checkpoint saves in a row failed (last: {problem}); stopping so that "
+                "no more progress is lost: free the space or fix the permission, then resume"
+            )
+        return None
 
-    def _write_best(self, tag: CheckpointTag) -> Path:
-        """Write the state as ``best/`` only (a new best that is not otherwise due a checkpoint)."""
-        started = time.perf_counter()
-        path = self.storage.write(
-            self.best_path, self._state(), metadata=self._metadata(tag), epoch=tag.epoch, step=tag.step
-        )
-        self.seconds += time.perf_counter() - started
-        return path
+    def _point_latest_at(self, tag: CheckpointTag) -> None:
+        # A hint for people and tools, so not fsynced: resume scans and verifies instead of trusting it.
+        try:
+            atomic_write(self.directory / LATEST_POINTER, f"{tag.name()}\n", durable=False)
+        except WriteError as error:
+            log.warning("Could not update %s: %s", self.directory / LATEST_POINTER, error.reason)
 
     def _state(self) -> dict[str, Any]:
         return {name: component.state_dict() for name, component in self._components.items()}
 
-    def _link_best(self, source: Path) -> None:
-        """Make ``best/`` a committed copy of ``source``, sharing its files through hard links."""
+    def _copy_best(self, source: Path) -> None:
+        """Make ``best/`` an independent, committed copy of ``source``: one damaged file never
+        takes both with it."""
         temp = storage.fresh_temp_dir(self.best_path)
-        copies = []
-        for name in storage.DATA_FILES:
-            try:
-                os.link(source / name, temp / name)  # same inode: its data is already durable
-            except OSError:  # filesystems without hard links
+        try:
+            for name in storage.DATA_FILES:
                 shutil.copyfile(source / name, temp / name)
-                copies.append(temp / name)
-        manifest = {**storage.read_manifest(source), "source": source.name}
-        self.storage.commit_directory(temp, self.best_path, manifest, unsynced=copies)
+            manifest = {**storage.read_manifest(source), "source": source.name}
+            self.storage.commit_directory(
+                temp, self.best_path, manifest, unsynced=[temp / n for n in storage.DATA_FILES]
+            )
+        except OSError as error:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise CheckpointWriteError(
+                f"cannot copy {source.name} to best/: {error.strerror or error}"
+            ) from error
+
+    def repair_best(self, checkpoint: LoadedCheckpoint) -> None:
+        """Bring ``best/`` up to ``checkpoint`` when the run says it is the best and ``best/`` lags:
+        a crash between committing a checkpoint and copying it to ``best/`` leaves just that."""
+        if checkpoint.tag.step is not None or checkpoint.metadata.get("best_epoch") != checkpoint.tag.epoch:
+            return
+        try:
+            current = storage.read_manifest(self.best_path) if self.best_path.is_dir() else None
+        except DamagedCheckpointError:
+            current = None
+        if current is not None and current["epoch"] == checkpoint.tag.epoch and current["step"] is None:
+            return
+        log.warning("best/ lags behind %s, the best checkpoint so far: copying it", checkpoint.path.name)
+        try:
+            self._copy_best(checkpoint.path)
+        except CheckpointWriteError as error:
+            log.warning("%s", error)
+
+    def estimated_size(self) -> int:
+        """Bytes of one checkpoint of the attached components, from their tensors now."""
+        tensors, _ = flatten(self._state())
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
+
+    def check_room(self, checkpoint_bytes: int) -> None:
+        """Fail before any work when the folder cannot hold two checkpoints (the next and the last)."""
+        free = shutil.disk_usage(self.directory).free
+        if free < 2 * checkpoint_bytes:
+            raise CheckpointError(
+                f"{self.directory}: {free / 1e6:.0f} MB free, but two checkpoints need about "
+                f"{2 * checkpoint_bytes / 1e6:.0f} MB; free some space or set checkpoint.dir elsewhere"
+            )
 
     def _apply_retention(self, *, keep: Path) -> None:
         """Remove all but the newest ``keep_last`` committed checkpoints, never ``keep`` itself."""
@@ -264,7 +330,10 @@ class CheckpointManager:
         ]
         for path in committed[self.config.keep_last - 1 :]:
             log.info("Removing old checkpoint %s (keep_last=%d)", path.name, self.config.keep_last)
-            self.storage.remove(path)
+            try:
+                self.storage.remove(path)
+            except OSError as error:
+                log.warning("Could not remove old checkpoint %s: %s", path, error.strerror or error)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -277,15 +346,22 @@ class CheckpointManager:
         """The newest intact checkpoint, setting corrupt ones aside; None if there is none.
 
         Also repairs what a killed process left: uncommitted temp directories are
-        removed, and a ``best/`` that fails verification is set aside.
+        removed, and a ``best/`` that fails verification is set aside. In a job of several
+        processes the first one repairs while the others wait, then all read the same one.
         """
-        storage.clean_leftovers(self.directory)
-        if self.best_path.is_dir():
-            try:
-                storage.verify(self.best_path)
-            except DamagedCheckpointError as damage:
-                storage.set_aside_as_corrupt(self.best_path, damage.problem)
-        return latest_in(self.directory, set_aside_corrupt=True)
+        found = None
+        if self.group.is_primary:
+            storage.clean_leftovers(self.directory)
+            if self.best_path.is_dir():
+                try:
+                    storage.verify(self.best_path)
+                except DamagedCheckpointError as damage:
+                    storage.set_aside_as_corrupt(self.best_path, damage.problem)
+            found = latest_in(self.directory, set_aside_corrupt=True)
+        self.group.barrier()
+        if not self.group.is_primary:
+            found = latest_in(self.directory, set_aside_corrupt=False)
+        return found
 
     def abandon_newer_than(self, tag: CheckpointTag) -> Path | None:
         """Start a new timeline at ``tag``: move every later checkpoint (and a later ``best/``) aside.

@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from topoclass.distributed import ProcessGroup
 from topoclass.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -81,3 +82,33 @@ def _byte_tensor(value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8:
         raise CheckpointError("cannot restore random-number state: generator state is not a uint8 tensor")
     return value.cpu()
+
+
+class JobRNGState:
+    """The random streams of every process of a job, saved together and restored per process.
+
+    Saving gathers each process's :class:`RNGState` (a collective: every process saves at
+    the same step). Restoring gives each process its own stream back. When the job now has
+    another number of processes, process r takes stream r modulo the saved count: the run
+    continues correctly, but its random draws (dropout) are not those of the original job.
+    """
+
+    def __init__(self, group: ProcessGroup | None = None) -> None:
+        self.group = group or ProcessGroup()
+        self.local = RNGState()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"processes": self.group.gather_objects(self.local.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        processes = state.get("processes") if isinstance(state, dict) else None
+        if not isinstance(processes, list) or not processes:
+            raise CheckpointError("cannot restore random-number state: no per-process streams")
+        if len(processes) != self.group.world_size:
+            log.warning(
+                "The checkpoint holds the random streams of %d process(es), this job has %d: the run "
+                "continues from the same sample, with other random draws than the original job",
+                len(processes),
+                self.group.world_size,
+            )
+        self.local.load_state_dict(processes[self.group.rank % len(processes)])

@@ -60,9 +60,10 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 
 from topoclass.checkpoint.serialize import flatten, safetensors_chunks, unflatten
-from topoclass.errors import CheckpointError, DamagedCheckpointError, WriteError
+from topoclass.errors import CheckpointError, CheckpointWriteError, DamagedCheckpointError, WriteError
 from topoclass.files import TEMP_PREFIX, atomic_write, fsync_paths, write_chunks
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,12 @@ class CheckpointStorage:
         """Durably write ``tree`` and ``metadata`` as the checkpoint directory ``path``."""
         path = Path(path)
         tensors, json_tree = flatten(tree)
+        nonfinite = [name for name, tensor in tensors.items() if _has_nonfinite(tensor)]
+        if nonfinite:
+            raise CheckpointError(
+                f"refusing to write {path.name}: non-finite values in {', '.join(nonfinite[:3])} "
+                "(a diverged state would be restored by every resume)"
+            )
         contents: dict[str, list[bytes | memoryview]] = {
             TENSORS_FILE: safetensors_chunks(tensors),
             STATE_FILE: [_json_bytes({"tree": json_tree, "metadata": metadata}, what="checkpoint metadata")],
@@ -114,7 +121,7 @@ class CheckpointStorage:
             self._commit(temp, path, manifest)
         except (OSError, WriteError) as error:  # disk full, permissions...: nothing was committed
             shutil.rmtree(temp, ignore_errors=True)
-            raise CheckpointError(f"cannot write checkpoint {path}: {_reason(error)}") from error
+            raise CheckpointWriteError(f"cannot write checkpoint {path}: {_reason(error)}") from error
         return path
 
     def commit_directory(
@@ -167,6 +174,20 @@ class CheckpointStorage:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _has_nonfinite(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+
+
+def nonfinite_tensors(path: Path) -> list[str]:
+    """Names of the tensors of a verified checkpoint that hold NaN or infinity."""
+    try:
+        with safetensors.safe_open(Path(path) / TENSORS_FILE, framework="pt") as handle:
+            names = handle.keys()  # a safetensors handle is not iterable itself
+            return [name for name in names if _has_nonfinite(handle.get_tensor(name))]
+    except (OSError, safetensors.SafetensorError) as error:
+        raise DamagedCheckpointError(path, f"undecodable content ({error})") from None
 
 
 def new_manifest(epoch: int, step: int | None, files: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -146,10 +146,16 @@ def featurize_structures(
                 bar.update()
         else:
             chunksize = max(1, min(32, len(refs) // (workers * 8)))
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+            try:
                 for outcome in pool.map(work, refs, searches, chunksize=chunksize):
                     outcomes.append(outcome)
                     bar.update()
+            except BaseException:
+                # A stop signal or an error: drop the work not started rather than wait for it.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
 
     graphs = [outcome[3] for outcome in outcomes if outcome[3] is not None]
     graph_index = np.full(len(outcomes), -1, dtype=np.int64)

@@ -11,17 +11,29 @@ import torch
 from topoclass.errors import ConfigError
 
 
-def select_device(requested: str) -> torch.device:
-    """``auto`` picks the first CUDA device when there is one, else the CPU."""
+def select_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks this process's CUDA device (``cuda:LOCAL_RANK``) when there is one, else the CPU;
+    ``cuda`` without an index means the same device."""
     if requested == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
         raise ConfigError(f"train.device: unknown device '{requested}'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: '{requested}' requested but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast type of ``train.precision`` on ``device`` (None: full precision)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; on the CPU use bf16")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def seed_everything(seed: int, *, deterministic: bool) -> None:

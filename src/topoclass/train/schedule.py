@@ -31,6 +31,7 @@ class LearningRateSchedule:
         self.base_lr = base_lr
         self.total_steps = max(total_steps, 1)
         self.warmup_steps = warmup_steps
+        self.scale = 1.0  # lowered by each rollback of a diverging run
         self.plateau = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=max(1, patience // 3))
             if kind == "plateau"
@@ -47,7 +48,7 @@ class LearningRateSchedule:
     def on_step(self, step: int) -> None:
         if self.kind == "cosine":
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(step)
+                group["lr"] = self.lr_at(step) * self.scale
 
     def on_epoch_end(self, val_loss: float) -> None:
         if self.plateau is not None:
@@ -57,11 +58,23 @@ class LearningRateSchedule:
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
+    def rescale(self, factor: float) -> None:
+        """Multiply the learning rate by ``factor`` from now on (a rollback of a diverging run)."""
+        if self.kind != "cosine":  # plateau and constant rates live in the optimizer: scale them there
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+        self.scale *= factor
+
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+        return {
+            "kind": self.kind,
+            "scale": self.scale,
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["kind"] != self.kind:
             raise ValueError(f"checkpoint used the '{state['kind']}' schedule, not '{self.kind}'")
+        self.scale = float(state.get("scale", 1.0))
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])

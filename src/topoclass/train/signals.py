@@ -21,23 +21,31 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
+from topoclass.errors import EXIT_RESUMABLE, ResumableStop
+
+__all__ = ["EXIT_RESUMABLE", "STOP_SIGNALS", "StopRequest", "StopRequested", "install_stop_handlers"]
+
 log = logging.getLogger(__name__)
-
-EXIT_RESUMABLE = 75
-"""Exit status meaning: stopped by a signal after writing a checkpoint; rerun to resume.
-
-(75 is EX_TEMPFAIL in sysexits.h: a temporary failure, retrying later may succeed.)
-"""
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 @dataclass
 class StopRequest:
-    """Set by the first stop signal; polled by the training loop."""
+    """Set by the first stop signal; polled by the training loop.
+
+    While ``immediate`` is set (data loading and featurization, where there is nothing to
+    checkpoint and no safe point to poll at), the first signal also raises
+    :class:`StopRequested` at once.
+    """
 
     requested: bool = False
     signal_name: str | None = None
+    immediate: bool = False
+
+
+class StopRequested(ResumableStop):
+    """A stop signal arrived while there was nothing to checkpoint yet: rerun to continue."""
 
 
 @contextmanager
@@ -60,6 +68,8 @@ def install_stop_handlers() -> Iterator[StopRequest]:
             return
         request.signal_name = signal.Signals(signum).name
         request.requested = True
+        if request.immediate:
+            raise StopRequested(f"stopped by {request.signal_name} while preparing the data; rerun to go on")
 
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     try:

@@ -1,0 +1,135 @@
+"""The processes of one training job: who this one is, and the few collectives training needs.
+
+torchrun (or Slurm's ``srun``) starts the processes; topoclass only reads the
+standard environment: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT`` from torchrun, or ``SLURM_PROCID``, ``SLURM_NTASKS`` and
+``SLURM_LOCALID`` from ``srun`` (then ``MASTER_ADDR`` and ``MASTER_PORT`` must be
+exported by the job script). A single process is the same code with a world of
+one, where every collective is a no-op. Every collective has a timeout, so a
+process whose peer died fails with a message instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from topoclass.errors import ConfigError
+
+
+class PeerFailedError(RuntimeError):
+    """Another process of the job stopped answering (it died, or its node did)."""
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0 writes logs, metrics and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over all processes (in place, and returned)."""
+        if self.distributed:
+            _collective(dist.all_reduce, tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is true on any (a stop request, say)."""
+        if not self.distributed:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag)], device=self.device)).item() > 0)
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every process's rows concatenated in rank order, on every process (sizes may differ)."""
+        if not self.distributed:
+            return rows
+        sizes: list[Any] = [None] * self.world_size
+        _collective(dist.all_gather_object, sizes, int(rows.shape[0]))
+        width = max(int(size) for size in sizes if size is not None)
+        padded = rows.new_zeros((width, *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        _collective(dist.all_gather, parts, padded.to(self.device))
+        return torch.cat([part[: int(size)].to(rows.device) for part, size in zip(parts, sizes, strict=True)])
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order, on every process."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        _collective(dist.all_gather_object, values, value)
+        return values
+
+    def barrier(self) -> None:
+        if self.distributed:
+            _collective(dist.barrier)
+
+    @property
+    def device(self) -> torch.device:
+        """Where this group's collectives run: the local GPU with NCCL, else the CPU (Gloo)."""
+        if self.distributed and dist.get_backend() == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+
+def _collective(operation: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        operation(*args, **kwargs)
+    except (RuntimeError, dist.DistBackendError) as error:
+        raise PeerFailedError(
+            f"another process of this training job stopped answering ({str(error).splitlines()[0]}); "
+            "every process stops, and the job resumes from the last checkpoint when restarted"
+        ) from error
+
+
+def environment_group() -> ProcessGroup:
+    """This process's rank and world size from torchrun's or Slurm's environment (1 process if none)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        keys = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+    else:
+        return ProcessGroup()
+    try:
+        rank, world, local = (int(env.get(key, "0")) for key in keys)
+    except ValueError:
+        raise ConfigError(f"{', '.join(keys)} must be integers") from None
+    return ProcessGroup(rank=rank, world_size=world, local_rank=local)
+
+
+def start(group: ProcessGroup, device: torch.device, timeout_s: float) -> None:
+    """Join the job's process group (NCCL on CUDA, Gloo on the CPU); nothing for a single process."""
+    if not group.distributed or dist.is_initialized():
+        return
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise ConfigError(f"{key} is not set: start with torchrun, or export it in the job script")
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo",
+        rank=group.rank,
+        world_size=group.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def stop() -> None:
+    """Leave the process group (after training, or when it failed)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
