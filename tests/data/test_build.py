@@ -51,3 +51,29 @@ def test_a_formula_only_run_reads_structures_only_to_derive_formula_or_space_gro
         ("complete", "NaCl", 225, None),
         ("derived", "NaCl", 225, None),
     ]
+
+
+def test_a_material_whose_features_are_not_finite_is_rejected_by_id(tmp_path, monkeypatch):
+    import numpy as np
+
+    import topoclass.data.build as build
+    from topoclass.config import DataConfig, TaskConfig
+    from topoclass.data.build import prepare_dataset
+
+    table = tmp_path / "t.csv"
+    table.write_text("id,formula,spacegroup,topo\na,NaCl,225,x\nb,KCl,225,y\nc,Bi2Se3,166,x\n")
+    original = build.material_descriptors
+
+    def poisoned(formulas, spacegroups):
+        values = original(formulas, spacegroups)
+        values[[i for i, f in enumerate(formulas) if f == "KCl"]] = np.nan
+        return values
+
+    monkeypatch.setattr(build, "material_descriptors", poisoned)
+    config = DataConfig(
+        dataset="table", table=table, tasks=[TaskConfig(name="topo")], cache_dir=tmp_path / "c"
+    )
+    prepared = prepare_dataset(config)
+    assert prepared.features.ids == ["a", "c"]
+    assert [(r.id, r.category) for r in prepared.rejects] == [("b", "non_finite_features")]
+    assert prepared.counts["kept"] == 2 and prepared.counts["non_finite_features"] == 1

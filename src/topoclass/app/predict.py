@@ -16,11 +16,12 @@ from typing import Any
 import torch
 
 from topoclass.app.runs import RunLayout, checkpoint_target
-from topoclass.checkpoint.manager import load_component, read_checkpoint
+from topoclass.checkpoint.manager import LoadedCheckpoint, load_component, read_checkpoint
 from topoclass.config import Config, TaskConfig
 from topoclass.data.build import featurize_materials
 from topoclass.data.records import Material, Reject
 from topoclass.data.tables import read_table
+from topoclass.errors import DamagedCheckpointError
 from topoclass.model.inference import predictions, raw_outputs
 from topoclass.model.multitask import MultitaskModel
 from topoclass.tasks import task_type
@@ -48,12 +49,22 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
     layout = RunLayout.open(Path(run_dir))
     config = layout.read_config()
     target = select_device(device)
-    path = checkpoint_target(layout.checkpoints).single(prefer_best=True)
-    loaded = read_checkpoint(path)
+    path, loaded = _read_best(layout)
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
     model = build_model(config, tasks)
     load_component(loaded, "model", model, inference_weights(loaded.state))
     return TrainedRun(config, tasks, model.to(target).eval(), layout, path, target)
+
+
+def _read_best(layout: RunLayout, attempts: int = 3) -> tuple[Path, LoadedCheckpoint]:
+    """The run's best checkpoint, read; a trainer may replace it meanwhile, so look again if it changed."""
+    path = checkpoint_target(layout.checkpoints).single(prefer_best=True)
+    for _ in range(attempts - 1):
+        try:
+            return path, read_checkpoint(path)
+        except DamagedCheckpointError:
+            path = checkpoint_target(layout.checkpoints).single(prefer_best=True)
+    return path, read_checkpoint(path)
 
 
 @dataclass

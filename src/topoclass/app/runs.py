@@ -14,6 +14,8 @@ directory, one checkpoint, ``best``, or the ``latest`` pointer file.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from topoclass.checkpoint.manager import BEST_NAME, LATEST_POINTER, checkpoint_d
 from topoclass.config import Config, load_config
 from topoclass.errors import CheckpointError, ConfigError
 from topoclass.files import atomic_write
+
+logger = logging.getLogger(__name__)
 
 STATES = ("preparing", "running", "stopped", "finished", "failed")
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -122,18 +126,33 @@ class CheckpointTarget:
     checkpoint: Path | None = None
 
     def single(self, *, prefer_best: bool) -> Path:
-        """The named checkpoint, else the folder's ``best`` (if asked and intact) or newest intact one."""
+        """The named checkpoint; else the folder's ``best/`` (if asked) or newest intact checkpoint.
+
+        When ``best/`` is asked for but damaged, the intact checkpoint with the lowest recorded
+        validation loss stands in for it, and a warning says so.
+        """
         if self.checkpoint is not None:
             return self.checkpoint
-        candidates = [path for _tag, path in checkpoint_dirs(self.directory)]
-        if prefer_best:
-            candidates.insert(0, self.directory / BEST_NAME)
-        for path in candidates:
-            if path.is_dir() and _intact(path):
-                return path
-        if not candidates or not any(path.is_dir() for path in candidates):
-            raise CheckpointError(f"no checkpoint in {self.directory}")
-        raise CheckpointError(f"no intact checkpoint in {self.directory} (see: topoclass checkpoints list)")
+        best = self.directory / BEST_NAME
+        if prefer_best and best.is_dir() and _intact(best):
+            return best
+        intact = [path for _tag, path in checkpoint_dirs(self.directory) if _intact(path)]
+        if not intact:
+            if not checkpoint_dirs(self.directory) and not best.exists():
+                raise CheckpointError(f"no checkpoint in {self.directory}")
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory} (see: topoclass checkpoints list)"
+            )
+        if not prefer_best:
+            return intact[0]
+        chosen = min(intact, key=_recorded_val_loss)
+        if best.exists():
+            logger.warning(
+                "%s is damaged; using %s, the verified checkpoint with the lowest validation loss",
+                best,
+                chosen.name,
+            )
+        return chosen
 
 
 def _intact(path: Path) -> bool:
@@ -142,6 +161,15 @@ def _intact(path: Path) -> bool:
     except CheckpointError:
         return False
     return True
+
+
+def _recorded_val_loss(path: Path) -> float:
+    """The validation loss a checkpoint's history ends with (infinite when it has none)."""
+    try:
+        history = storage.read_metadata(path).get("history") or []
+        return float(history[-1]["val_loss"])
+    except (CheckpointError, IndexError, KeyError, TypeError, ValueError):
+        return math.inf
 
 
 def checkpoint_target(path: Path) -> CheckpointTarget:

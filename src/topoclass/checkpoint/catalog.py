@@ -24,6 +24,7 @@ import safetensors.torch
 import torch
 
 from topoclass.checkpoint import storage
+from topoclass.checkpoint.lock import live_writer
 from topoclass.checkpoint.manager import BEST_NAME, checkpoint_dirs, tag_or_none
 from topoclass.checkpoint.serialize import DICT_TAG, safetensors_chunks
 from topoclass.errors import CheckpointError, DamagedCheckpointError
@@ -83,18 +84,29 @@ def _problem(path: Path) -> str | None:
 
 
 def _catalog(directory: Path, *, include_set_aside: bool) -> list[CheckpointInfo]:
-    numbered = [(path, _problem(path)) for _tag, path in reversed(checkpoint_dirs(directory))]
+    writing = live_writer(directory) is not None
+    numbered = []
+    for _tag, path in reversed(checkpoint_dirs(directory)):
+        problem = _problem(path)
+        if problem is not None and writing and _in_flux(path, problem):
+            continue  # a live trainer is committing or removing it: not damage, just not done
+        numbered.append((path, problem))
     latest = next((path for path, problem in reversed(numbered) if problem is None), None)
     entries = list(numbered)
     if include_set_aside and directory.is_dir():
         for path in sorted(directory.glob(f"*{storage.CORRUPT_MARK}*")):
             entries.append((path, "set aside after failing verification"))
     best, best_source = directory / BEST_NAME, None
-    if best.is_dir():
-        best_problem = _problem(best)
+    best_problem = _problem(best) if best.exists() else None
+    if best.exists() and not (best_problem is not None and writing and _in_flux(best, best_problem)):
         entries.append((best, best_problem))
         best_source = _manifest_or_empty(best).get("source") if best_problem is None else None
     return [_info(path, problem, best_source, latest) for path, problem in entries]
+
+
+def _in_flux(path: Path, problem: str) -> bool:
+    """A checkpoint that vanished, or has no manifest yet: what a writer at work leaves for a moment."""
+    return not path.exists() or problem.startswith(("missing MANIFEST", "missing directory"))
 
 
 def format_info(info: CheckpointInfo) -> str:
@@ -187,19 +199,29 @@ def _info(path: Path, problem: str | None, best_source: str | None, latest: Path
     tag = tag_or_none(path.name.split(storage.CORRUPT_MARK)[0])
     epoch = manifest.get("epoch", tag.epoch if tag else None)
     step = manifest.get("step", tag.step if tag else None)
-    files = [entry for entry in path.iterdir() if entry.is_file()] if path.is_dir() else []
+    try:
+        files = [entry for entry in path.iterdir() if entry.is_file()]
+    except OSError:  # removed meanwhile
+        files = []
     return CheckpointInfo(
         name=path.name,
         path=path,
         epoch=epoch,
         step=step,
         created=manifest.get("created"),
-        size_bytes=sum(entry.stat().st_size for entry in files),
+        size_bytes=sum(_size(entry) for entry in files),
         verified=problem is None,
         problem=problem,
         is_best=path.name == BEST_NAME or path.name == best_source,
         is_latest=path == latest,
     )
+
+
+def _size(file: Path) -> int:
+    try:
+        return file.stat().st_size
+    except OSError:
+        return 0
 
 
 def _manifest_or_empty(path: Path) -> dict[str, Any]:

@@ -117,3 +117,31 @@ def _write_owner(fd: int) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, json.dumps(owner).encode())
     os.fsync(fd)
+
+
+def live_writer(directory: Path) -> dict[str, object] | None:
+    """The owner recorded in ``directory``'s lock if it may still be writing, else None.
+
+    Read without taking the lock (a reader must never make a trainer's acquire fail). A
+    released lock is empty; an owner on this host is live while its PID exists; one on
+    another host is taken to be live (its PID cannot be checked from here).
+    """
+    try:
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        owner = _read_owner(fd)
+    finally:
+        os.close(fd)
+    if not owner:
+        return None
+    if owner.get("host") != socket.gethostname():
+        return owner
+    try:
+        os.kill(int(str(owner.get("pid"))), 0)
+    except (ProcessLookupError, ValueError):
+        return None
+    except PermissionError:
+        return owner  # exists, owned by someone else
+    return owner

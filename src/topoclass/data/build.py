@@ -170,13 +170,50 @@ def _featurize(raw: RawDataset, data: DataConfig) -> tuple[FeatureSet, list[Reje
     )
     # Cleaning may merge records into new objects; ids are unique after it.
     row_of = {m.id: row for m, row in zip(structured.materials, structured.graph_rows, strict=True)}
+    materials = cleaned.materials
     features = build_feature_set(
-        cleaned.materials,
+        materials,
         cleaned.tasks,
         graphs=structured.graphs,
-        graph_rows=[row_of.get(m.id, -1) for m in cleaned.materials],
+        graph_rows=[row_of.get(m.id, -1) for m in materials],
     )
+    finite = finite_rows(features)
+    if not bool(finite.all()):
+        # A NaN in one material's features would poison every step it is drawn in: leave it out, say so.
+        bad = set(torch.nonzero(~finite).squeeze(1).tolist())
+        for i in sorted(bad):
+            reason = "features: not finite (NaN or infinity) after featurization"
+            cleaned.rejects.append(
+                Reject(materials[i].id, materials[i].source, reason, "non_finite_features")
+            )
+        materials = [m for i, m in enumerate(materials) if i not in bad]
+        features = build_feature_set(
+            materials,
+            cleaned.tasks,
+            graphs=structured.graphs,
+            graph_rows=[row_of.get(m.id, -1) for m in materials],
+        )
+        cleaned.counts["kept"] -= len(bad)
+        cleaned.counts["non_finite_features"] = len(bad)
     return features, cleaned.rejects, cleaned.counts
+
+
+def finite_rows(features: FeatureSet) -> torch.Tensor:
+    """Which materials' features are all finite, [N] bool (their crystal graph's included)."""
+    finite = torch.isfinite(features.descriptors).all(dim=1) & torch.isfinite(features.element_fraction).all(
+        dim=1
+    )
+    graphs = features.graphs
+    if graphs is not None and len(graphs):
+        node_graph = torch.repeat_interleave(torch.arange(len(graphs)), graphs.node_ptr.diff())
+        edge_graph = torch.repeat_interleave(torch.arange(len(graphs)), graphs.edge_ptr.diff())
+        broken = torch.zeros(len(graphs), dtype=torch.bool)
+        broken[node_graph[~torch.isfinite(graphs.eigenvectors).all(dim=1)]] = True
+        broken[edge_graph[~torch.isfinite(graphs.edge_distance)]] = True
+        broken |= ~torch.isfinite(graphs.eigenvalues).all(dim=1)
+        has_graph = features.graph_index >= 0
+        finite &= ~(has_graph & broken[features.graph_index.clamp_min(0)])
+    return finite
 
 
 def _record_fingerprint(material: Material) -> list[Any]:

@@ -38,6 +38,7 @@ REJECT_CATEGORIES = (
     "no_labels",
     "conflicting_labels",
     "duplicate_id",
+    "non_finite_features",
 )
 SPACEGROUP_RANGE = range(1, 231)
 

@@ -367,8 +367,6 @@ class Trainer:
         pieces = list(self._micro_batches(rows, weight))
         total = 0.0
         for index, (piece, piece_weight) in enumerate(pieces):
-            for hook in STEP_HOOKS:
-                hook(self.state.global_step + 1, piece)
             last = index == len(pieces) - 1
             # DDP averages gradients over processes when the last piece's backward runs; the
             # loss is scaled by the number of processes so that the average is their sum.
@@ -376,6 +374,8 @@ class Trainer:
             deferred = isinstance(network, DistributedDataParallel) and not last
             with network.no_sync() if deferred else contextlib.nullcontext():  # type: ignore[operator]
                 try:
+                    for hook in STEP_HOOKS:
+                        hook(self.state.global_step + 1, piece)
                     batch = move_batch(self.features.batch(piece, with_graphs=self.with_graphs), self.device)
                     with torch.autocast(
                         self.device.type, dtype=self.autocast, enabled=self.autocast is not None
@@ -547,7 +547,10 @@ class Trainer:
         )
         outputs = {name: self.group.gather_rows(values) for name, values in mine.items()}
         labels = self.features.labels[torch.cat(shares)]
-        broken = sum(int((~torch.isfinite(v.reshape(len(v), -1))).any(dim=1).sum()) for v in outputs.values())
+        finite = torch.ones(len(rows), dtype=torch.bool)
+        for values in outputs.values():
+            finite &= torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+        broken = int((~finite).sum())
         if broken:
             logger.warning(
                 "Validation: the model's outputs are not finite for %d of %d materials", broken, len(rows)
