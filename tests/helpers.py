@@ -141,3 +141,22 @@ def train_synthetic_run(root: Path, n: int = 200, epochs: int = 3) -> subprocess
     result = run_cli(["train", "--config", str(config), "--run-dir", str(root / "run")], root)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+SMALL_MODEL = (
+    "model: {hidden_dim: 16, element_embedding_dim: 8, spacegroup_embedding_dim: 8, composition_heads: 2}"
+)
+
+
+def write_small_config(path: Path, table: Path, *, train: str, checkpoint: str = "", data: str = "") -> Path:
+    """A config for a small model on ``table`` (task ``topological``); ``train``, ``checkpoint`` and
+    ``data`` are extra YAML flow-mapping entries for those sections."""
+    extra = f", {data}" if data else ""
+    lines = [
+        f"data: {{dataset: table, table: {table}, tasks: [{{name: topological}}]{extra}}}",
+        SMALL_MODEL,
+        f"train: {{progress_bar: false, {train}}}",
+        f"checkpoint: {{{checkpoint}}}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path

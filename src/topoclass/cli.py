@@ -18,6 +18,7 @@ from typing import Any
 from topoclass import __version__
 from topoclass.config import Config, load_config, parse_override
 from topoclass.errors import EXIT_RESUMABLE, ResumableStop, TopoclassError
+from topoclass.train.signals import StopRequested
 
 EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 1
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except ResumableStop as exc:
+    except (ResumableStop, StopRequested) as exc:
         print(f"topoclass: stopped: {exc}", file=sys.stderr)
         return EXIT_RESUMABLE
     except TopoclassError as exc:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 
-from topoclass.errors import EXIT_RESUMABLE, ResumableStop
+from topoclass.errors import EXIT_RESUMABLE
 
 __all__ = ["EXIT_RESUMABLE", "STOP_SIGNALS", "StopRequest", "StopRequested", "install_stop_handlers"]
 
@@ -44,8 +44,12 @@ class StopRequest:
     immediate: bool = False
 
 
-class StopRequested(ResumableStop):
-    """A stop signal arrived while there was nothing to checkpoint yet: rerun to continue."""
+class StopRequested(BaseException):
+    """A stop signal arrived while there was nothing to checkpoint yet: rerun to continue.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: code that turns a failing record into a
+    reject (``except Exception``) must not turn a stop into one.
+    """
 
 
 @contextmanager
