@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import SYNTHETIC_CONFIG, write_synthetic_table
+from topoclass.config import TaskConfig, load_config
+from topoclass.data.build import prepare_dataset
 
 
 @pytest.fixture
@@ -20,3 +22,23 @@ def synthetic_config(tmp_path: Path):
         return config
 
     return make
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A featurized synthetic table of 120 materials (tasks topological and gap), for trainers."""
+    root = tmp_path_factory.mktemp("faults")
+    table = write_synthetic_table(root / "materials.csv", 120)
+    config = load_config(
+        None,
+        {
+            "data.dataset": "table",
+            "data.table": str(table),
+            "data.tasks": [
+                TaskConfig(name="topological").model_dump(),
+                TaskConfig(name="gap", type="regression").model_dump(),
+            ],
+            "data.cache_dir": str(root / "cache"),
+        },
+    )
+    return prepare_dataset(config.data)

@@ -160,3 +160,43 @@ def write_small_config(path: Path, table: Path, *, train: str, checkpoint: str =
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def make_trainer(prepared, tmp_path: Path, **train: object):
+    """A small trainer on the synthetic ``prepared`` data, checkpointing every epoch into ``tmp_path``."""
+    from topoclass.checkpoint.manager import CheckpointManager
+    from topoclass.config import load_config
+    from topoclass.data.fingerprint import split_digest
+    from topoclass.train.device import select_device
+    from topoclass.train.loop import Trainer
+    from topoclass.train.signals import StopRequest
+
+    overrides = {
+        "model.hidden_dim": 16,
+        "model.element_embedding_dim": 8,
+        "model.spacegroup_embedding_dim": 8,
+        "model.composition_heads": 2,
+        "model.fusion_layers": 1,
+        "model.dropout": 0.0,
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.progress_bar": False,
+        "checkpoint.every_epochs": 1,
+        "checkpoint.every_minutes": 0,
+        **{f"train.{key}": value for key, value in train.items()},
+    }
+    config = load_config(None, overrides)
+    n = len(prepared.features)
+    split = {"train": torch.arange(0, 84), "val": torch.arange(84, 102), "test": torch.arange(102, n)}
+    manager = CheckpointManager(tmp_path / "checkpoints", config.checkpoint)
+    digest = split_digest(prepared.features.ids, {k: v.numpy() for k, v in split.items()})
+    return Trainer(
+        config,
+        prepared.features,
+        split,
+        device=select_device(config.train.device),
+        checkpoints=manager,
+        stop=StopRequest(),
+        metrics_file=tmp_path / "metrics.jsonl",
+        run_metadata={"split_ids_sha256": digest, "data_fingerprint": "x", "code_revision": None},
+    )

@@ -167,6 +167,7 @@ def test_random_sign_flip_flips_whole_eigenvectors_per_graph():
     assert not torch.equal(random_sign_flip(pe, batch, torch.Generator().manual_seed(1)), flipped)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     rng = np.random.default_rng(4)

@@ -7,67 +7,12 @@ import math
 import pytest
 import torch
 
-from tests.helpers import write_synthetic_table
+from tests.helpers import make_trainer
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import CheckpointManager, read_checkpoint
-from topoclass.config import TaskConfig, load_config
-from topoclass.data.build import prepare_dataset
-from topoclass.data.fingerprint import split_digest
 from topoclass.errors import DivergedError, ResumableStop
 from topoclass.train import loop
 from topoclass.train.loop import BatchFailedError, Trainer
-from topoclass.train.signals import StopRequest
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    table = write_synthetic_table(root / "materials.csv", 120)
-    config = load_config(
-        None,
-        {
-            "data.dataset": "table",
-            "data.table": str(table),
-            "data.tasks": [
-                TaskConfig(name="topological").model_dump(),
-                TaskConfig(name="gap", type="regression").model_dump(),
-            ],
-            "data.cache_dir": str(root / "cache"),
-        },
-    )
-    return prepare_dataset(config.data)
-
-
-def make_trainer(prepared, tmp_path, **train) -> Trainer:
-    overrides = {
-        "model.hidden_dim": 16,
-        "model.element_embedding_dim": 8,
-        "model.spacegroup_embedding_dim": 8,
-        "model.composition_heads": 2,
-        "model.fusion_layers": 1,
-        "model.dropout": 0.0,
-        "train.epochs": 2,
-        "train.batch_size": 16,
-        "train.progress_bar": False,
-        "checkpoint.every_epochs": 1,
-        "checkpoint.every_minutes": 0,
-        **{f"train.{key}": value for key, value in train.items()},
-    }
-    config = load_config(None, overrides)
-    n = len(prepared.features)
-    split = {"train": torch.arange(0, 84), "val": torch.arange(84, 102), "test": torch.arange(102, n)}
-    manager = CheckpointManager(tmp_path / "checkpoints", config.checkpoint)
-    digest = split_digest(prepared.features.ids, {k: v.numpy() for k, v in split.items()})
-    return Trainer(
-        config,
-        prepared.features,
-        split,
-        device=torch.device("cpu"),
-        checkpoints=manager,
-        stop=StopRequest(),
-        metrics_file=tmp_path / "metrics.jsonl",
-        run_metadata={"split_ids_sha256": digest, "data_fingerprint": "x", "code_revision": None},
-    )
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
