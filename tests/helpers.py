@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 KILL_SCRIPT = Path(__file__).with_name("kill_during_write.py")
+RECORD_SCRIPT = Path(__file__).with_name("record_samples.py")
 
 
 def _command(args: list[str], kill_at_commit: int | None) -> list[str]:
@@ -89,11 +91,20 @@ def run_cli(
 
 
 def start_cli(
-    args: list[str], tmp_path: Path, *, kill_at_commit: int | None = None, **env: str
+    args: list[str],
+    tmp_path: Path,
+    *,
+    kill_at_commit: int | None = None,
+    record_to: Path | None = None,
+    **env: str,
 ) -> subprocess.Popen:
-    """Start ``topoclass ARGS`` in the background, output merged into ``stdout``."""
+    """Start ``topoclass ARGS`` in the background, output merged into ``stdout``; with ``record_to``,
+    every completed step's samples are recorded (see ``record_samples.py``)."""
+    command = _command(args, kill_at_commit)
+    if record_to is not None:
+        command = [sys.executable, str(RECORD_SCRIPT), str(record_to), *args]
     return subprocess.Popen(
-        _command(args, kill_at_commit),
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -200,3 +211,30 @@ def make_trainer(prepared, tmp_path: Path, **train: object):
         metrics_file=tmp_path / "metrics.jsonl",
         run_metadata={"split_ids_sha256": digest, "data_fingerprint": "x", "code_revision": None},
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_ranks(
+    args: list[str], tmp_path: Path, world: int, *, record_to: Path | None = None, **env: str
+) -> list[subprocess.Popen]:
+    """The processes of one job, started with the environment torchrun would give them."""
+    port = str(free_port())
+    return [
+        start_cli(
+            args,
+            tmp_path,
+            record_to=record_to,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            **env,
+        )
+        for rank in range(world)
+    ]

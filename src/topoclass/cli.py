@@ -165,6 +165,19 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slurm_template(args: argparse.Namespace) -> int:
+    from topoclass.app.slurm import sbatch_script
+
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    print(
+        sbatch_script(
+            gpus=args.gpus, nodes=args.nodes, time=args.time, lead=args.lead, train_args=train_args
+        ),
+        end="",
+    )
+    return 0
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     from topoclass.config import DataConfig
     from topoclass.data.cache import list_entries, remove_entry
@@ -250,6 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             sub.add_argument("output", type=Path, help="the .safetensors file to write")
     checkpoints.set_defaults(func=_cmd_checkpoints)
+
+    slurm = verbs.add_parser(
+        "slurm-template",
+        help="print an sbatch script that checkpoints before its time limit and requeues itself",
+    )
+    slurm.add_argument("--gpus", type=int, default=1, help="GPUs per node (0: CPU only; default 1)")
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    slurm.add_argument("--time", default="24:00:00", help="time limit per job (default 24:00:00)")
+    slurm.add_argument(
+        "--lead", type=int, default=300, help="seconds of warning before the limit (default 300)"
+    )
+    slurm.add_argument(
+        "train_args", nargs=argparse.REMAINDER, help="-- then the arguments of topoclass train"
+    )
+    slurm.set_defaults(func=_cmd_slurm_template)
 
     cache = verbs.add_parser("cache", help="list or prune the featurization cache")
     cache_actions = cache.add_subparsers(dest="action", required=True)

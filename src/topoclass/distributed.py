@@ -88,14 +88,39 @@ class ProcessGroup:
         return torch.device("cpu")
 
 
+# What a collective says when a peer's connection is gone (Gloo) or its communicator broke (NCCL).
+_PEER_MESSAGES = (
+    "connection closed",
+    "connection reset",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "nccl",
+    "gloo",
+)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` came from a collective whose peer died or stopped answering."""
+    if isinstance(error, PeerFailedError | dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _PEER_MESSAGES)
+
+
+def peer_failed(error: BaseException) -> PeerFailedError:
+    """The one-line error a process reports when the job lost one of its processes."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return PeerFailedError(
+        f"another process of this training job stopped answering ({first}); every process stops, "
+        "and the job resumes from its last checkpoint when restarted"
+    )
+
+
 def _collective(operation: Any, *args: Any, **kwargs: Any) -> None:
     try:
         operation(*args, **kwargs)
-    except (RuntimeError, dist.DistBackendError) as error:
-        raise PeerFailedError(
-            f"another process of this training job stopped answering ({str(error).splitlines()[0]}); "
-            "every process stops, and the job resumes from the last checkpoint when restarted"
-        ) from error
+    except RuntimeError as error:
+        raise peer_failed(error) from error
 
 
 def environment_group() -> ProcessGroup:

@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 SAFE_TO_CHANGE = (
     "train.epochs",
     "train.patience",
+    # With another number of processes, accumulation keeps the global batch (and the data order).
+    "train.accumulate_steps",
+    "train.collective_timeout_s",
     "train.progress_bar",
     "train.device",
     "checkpoint.",

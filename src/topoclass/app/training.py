@@ -27,6 +27,7 @@ from topoclass import distributed
 from topoclass.app.prepare import RunData, run_data
 from topoclass.app.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.app.runs import RunLayout, checkpoint_target, is_run_directory
+from topoclass.app.slurm import warn_if_a_save_may_not_fit
 from topoclass.checkpoint.lock import CheckpointLock
 from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, read_checkpoint
 from topoclass.config import Config, config_yaml
@@ -269,7 +270,10 @@ def _train(
             )
             logger.info("%s", trainer.describe_position())
         if group.is_primary:
-            manager.check_room(max(manager.estimated_size(), _full_size_estimate(trainer)))
+            warn_if_a_save_may_not_fit(
+                None if checkpoint is None else checkpoint.metadata.get("last_save_seconds")
+            )
+            manager.check_room(_checkpoint_size_estimate(trainer))
             # Everything is known to be valid: from here on the run's files are written.
             _write_run_files(config, layout, data)
         try:
@@ -323,8 +327,8 @@ def _save_last_good_state(
         )
 
 
-def _full_size_estimate(trainer: Trainer) -> int:
-    """A checkpoint once the optimizer holds its moments: two more copies of every parameter."""
+def _checkpoint_size_estimate(trainer: Trainer) -> int:
+    """A checkpoint: the weights, their average and the optimizer's two moments, plus a margin."""
     parameters = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
     return 4 * parameters + (1 << 20)
 

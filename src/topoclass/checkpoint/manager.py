@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from topoclass.checkpoint import storage
-from topoclass.checkpoint.serialize import flatten
 from topoclass.checkpoint.state import Stateful
 from topoclass.config import CheckpointConfig
 from topoclass.distributed import ProcessGroup
@@ -170,6 +169,7 @@ class CheckpointManager:
         self.group = group or ProcessGroup()
         self.storage = storage.CheckpointStorage()
         self.seconds = 0.0  # wall time spent writing checkpoints
+        self.last_save_seconds: float | None = None  # how long the last full save took
         self.failed_saves = 0  # in a row
         self._clock = clock
         self._last_save = clock()
@@ -249,9 +249,12 @@ class CheckpointManager:
             except CheckpointWriteError as error:
                 problem = str(error)
         self._last_save = self._clock()
-        self.seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
         if not self.group.any(problem is not None):
             self.failed_saves = 0
+            if path != self.best_path:
+                self.last_save_seconds = elapsed
             return path
         self.failed_saves += 1
         problem = problem or "see the first process's log"
@@ -306,11 +309,6 @@ class CheckpointManager:
             self._copy_best(checkpoint.path)
         except CheckpointWriteError as error:
             log.warning("%s", error)
-
-    def estimated_size(self) -> int:
-        """Bytes of one checkpoint of the attached components, from their tensors now."""
-        tensors, _ = flatten(self._state())
-        return sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
 
     def check_room(self, checkpoint_bytes: int) -> None:
         """Fail before any work when the folder cannot hold two checkpoints (the next and the last)."""

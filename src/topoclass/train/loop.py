@@ -36,7 +36,7 @@ from topoclass.checkpoint.state import JobRNGState, Stateful
 from topoclass.config import Config, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.loader import ResumableSampler, ordered_batches
-from topoclass.distributed import ProcessGroup
+from topoclass.distributed import ProcessGroup, is_peer_failure, peer_failed
 from topoclass.errors import CheckpointError, DivergedError, ResumableStop
 from topoclass.files import atomic_write
 from topoclass.memory import is_out_of_memory, memory_report, release_memory
@@ -137,7 +137,10 @@ class Trainer:
         self.network: torch.nn.Module = self.model
         if self.group.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.model, device_ids=ids)
+            # A batch without any crystal leaves the structure encoder unused: DDP must allow that.
+            self.network = DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=config.data.use_structure
+            )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay
         )
@@ -208,6 +211,7 @@ class Trainer:
             "best_val_loss": self.state.best_val_loss,
             "best_epoch": self.state.best_epoch,
             "world_size": self.group.world_size,
+            "last_save_seconds": self.checkpoints.last_save_seconds,
             "config": self.config.to_dict(),
             "package_version": __version__,
             "resumed_from": self.resumed_from,
@@ -391,6 +395,8 @@ class Trainer:
                 except Exception as error:
                     if is_out_of_memory(error):
                         raise
+                    if self.group.distributed and is_peer_failure(error):  # in DDP's gradient all-reduce
+                        raise peer_failed(error) from error
                     ids = [self.features.ids[int(i)] for i in piece[:10]]
                     raise BatchFailedError(
                         f"training step {self.state.global_step + 1} failed on a batch of {len(piece)} "
