@@ -120,7 +120,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         unreadable = []
     else:
         raise TopoclassError("predict needs --formula and --spacegroup, or --table")
-    result = predict_materials(load_run(args.run), materials)
+    result = predict_materials(load_run(args.run), materials, predictor=args.predictor)
     skipped = [*unreadable, *result.skipped]
     for reject in skipped:
         logging.getLogger("topoclass.predict").warning("%s: %s; skipped", reject.source, reject.reason)
@@ -247,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--spacegroup", type=int)
     predict.add_argument("--table", type=Path, help="CSV/TSV/JSONL with formula and spacegroup columns")
     predict.add_argument("--output", "-o", type=Path, help="CSV file (default: standard output)")
+    predict.add_argument(
+        "--predictor",
+        choices=["network", "trees", "blend"],
+        help="serve every task by this source (default: each task's choice on validation, see model_card.md)",
+    )
     predict.set_defaults(func=_cmd_predict)
 
     checkpoints = verbs.add_parser("checkpoints", help="list, verify, inspect or export checkpoints")

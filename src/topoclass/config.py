@@ -58,6 +58,8 @@ class TaskConfig(_Section):
     weight: Real = Field(1.0, ge=0)
     loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     class_weighting: bool = False
+    coarse_task: str | None = Field(None, description="a task whose classes group this task's classes")
+    coarse_classes: dict[str, str] | None = Field(None, description="this task's class -> the coarse task's")
 
     @model_validator(mode="after")
     def _check_classes(self) -> TaskConfig:
@@ -65,6 +67,8 @@ class TaskConfig(_Section):
             raise ValueError(f"task '{self.name}': a classification task needs at least 2 classes")
         if self.type == "regression" and self.classes:
             raise ValueError(f"task '{self.name}': a regression task takes no classes")
+        if (self.coarse_task is None) != (self.coarse_classes is None):
+            raise ValueError(f"task '{self.name}': coarse_task and coarse_classes go together")
         return self
 
     @property

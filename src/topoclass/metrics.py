@@ -28,21 +28,24 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from topoclass.calibration import expected_calibration_error
+
 
 def classification_metrics(
-    y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
+    y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], predicted: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro-F1, ROC-AUC, per-class scores and confusion matrix.
+    """Accuracy, balanced accuracy, macro-F1, ROC-AUC, calibration error, per-class scores, confusion matrix.
 
     ``y_true`` holds class ids in ``range(len(classes))``; ``probabilities`` is
-    ``[n, len(classes)]``. The prediction is the most probable class.
+    ``[n, len(classes)]``. The prediction is ``predicted`` when given (a decision rule's),
+    else the most probable class; ROC-AUC and the calibration error read the probabilities.
     """
     classes = list(classes)
     y_true, probabilities = _check_classification_inputs(y_true, probabilities, len(classes))
     if len(y_true) == 0:
         return {"n": 0}
     labels = list(range(len(classes)))
-    y_pred = probabilities.argmax(axis=1)
+    y_pred = probabilities.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=int).ravel()
     with _quiet_undefined_metrics():
         precision, recall, f1, support = precision_recall_fscore_support(
             y_true, y_pred, labels=labels, zero_division=0
@@ -56,6 +59,7 @@ def classification_metrics(
             # default): a class absent from both says nothing about this model.
             "macro_f1": _number(f1_score(y_true, y_pred, average="macro", zero_division=0)),
             "roc_auc": _overall_auc(probabilities, per_class_auc),
+            "ece": _number(expected_calibration_error(probabilities, y_true)),
             "roc_auc_per_class": dict(zip(classes, per_class_auc, strict=True)),
             "per_class": {
                 name: {

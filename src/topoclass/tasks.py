@@ -77,8 +77,14 @@ class TaskType(ABC):
         """Class probabilities [n, C], or values [n]."""
 
     @abstractmethod
-    def metrics(self, task: TaskConfig, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
-        """Scores of labelled rows."""
+    def metrics(
+        self,
+        task: TaskConfig,
+        y_true: np.ndarray,
+        predictions: np.ndarray,
+        decisions: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Scores of labelled rows; ``decisions`` replace the predictions' own (a decision rule's)."""
 
     headline_metrics: ClassVar[tuple[str, ...]]
 
@@ -87,8 +93,8 @@ class TaskType(ABC):
         """A stratum per label for stratified splitting; 'missing' for None."""
 
     @abstractmethod
-    def prediction_row(self, task: TaskConfig, prediction: np.ndarray) -> dict[str, Any]:
-        """The columns one material's prediction adds to a predictions table."""
+    def prediction_row(self, task: TaskConfig, prediction: np.ndarray, decision: Any) -> dict[str, Any]:
+        """The columns one material's prediction (and the decision taken on it) add to a predictions table."""
 
     @abstractmethod
     def tree_model(self, params: dict[str, Any]) -> Any:
@@ -177,23 +183,29 @@ class Classification(TaskType):
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         return torch.softmax(outputs.float(), dim=-1).numpy()
 
-    def metrics(self, task: TaskConfig, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+    def metrics(
+        self,
+        task: TaskConfig,
+        y_true: np.ndarray,
+        predictions: np.ndarray,
+        decisions: np.ndarray | None = None,
+    ) -> dict[str, Any]:
         from topoclass.metrics import classification_metrics
 
         if predictions.ndim != 2:
             raise ValueError(f"task '{task.name}': expected [n, C] probabilities, got {predictions.shape}")
         classes = task.classes or [str(i) for i in range(predictions.shape[1])]
         try:
-            return classification_metrics(y_true, predictions, classes)
+            return classification_metrics(y_true, predictions, classes, decisions)
         except ValueError as exc:
             raise ValueError(f"task '{task.name}': {exc}") from None
 
     def strata(self, values: Sequence[LabelValue]) -> list[str]:
         return ["missing" if value is None else str(value) for value in values]
 
-    def prediction_row(self, task: TaskConfig, prediction: np.ndarray) -> dict[str, Any]:
+    def prediction_row(self, task: TaskConfig, prediction: np.ndarray, decision: Any) -> dict[str, Any]:
         classes = task.classes or []
-        row: dict[str, Any] = {task.name: classes[int(prediction.argmax())]}
+        row: dict[str, Any] = {task.name: classes[int(decision)]}
         row.update(
             {f"{task.name}:p({c})": round(float(p), 6) for c, p in zip(classes, prediction, strict=True)}
         )
@@ -253,11 +265,17 @@ class Regression(TaskType):
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
         return outputs.float().reshape(-1).numpy()
 
-    def metrics(self, task: TaskConfig, y_true: np.ndarray, predictions: np.ndarray) -> dict[str, Any]:
+    def metrics(
+        self,
+        task: TaskConfig,
+        y_true: np.ndarray,
+        predictions: np.ndarray,
+        decisions: np.ndarray | None = None,
+    ) -> dict[str, Any]:
         from topoclass.metrics import regression_metrics
 
         try:
-            return regression_metrics(y_true, predictions)
+            return regression_metrics(y_true, predictions if decisions is None else decisions)
         except ValueError as exc:
             raise ValueError(f"task '{task.name}': {exc}") from None
 
@@ -268,8 +286,8 @@ class Regression(TaskType):
         edges = np.quantile(np.asarray(present), np.linspace(0, 1, REGRESSION_STRATA + 1)[1:-1])
         return ["missing" if v is None else f"bin{int(np.searchsorted(edges, float(v)))}" for v in values]
 
-    def prediction_row(self, task: TaskConfig, prediction: np.ndarray) -> dict[str, Any]:
-        return {task.name: float(prediction)}
+    def prediction_row(self, task: TaskConfig, prediction: np.ndarray, decision: Any) -> dict[str, Any]:
+        return {task.name: float(decision)}
 
     def tree_model(self, params: dict[str, Any]) -> Any:
         import lightgbm
@@ -296,12 +314,16 @@ def label_text(value: LabelValue) -> str:
 
 
 def score_tasks(
-    tasks: Sequence[TaskConfig], labels: np.ndarray, predictions: dict[str, np.ndarray]
+    tasks: Sequence[TaskConfig],
+    labels: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    decisions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score every task on its labelled rows (NaN labels are skipped).
 
     ``labels`` is ``[n, len(tasks)]`` in task order; ``predictions[task.name]`` is
-    what :meth:`TaskType.predictions` gives for that task.
+    what :meth:`TaskType.predictions` gives for that task; ``decisions`` (class ids or
+    values per task), when given, are what is scored instead of the predictions' own.
     """
     labels = np.asarray(labels, dtype=float)
     if labels.ndim == 1:
@@ -316,5 +338,8 @@ def score_tasks(
         if len(output) != len(labels):
             raise ValueError(f"task '{task.name}': {len(output)} outputs for {len(labels)} label rows")
         labelled = ~np.isnan(labels[:, column])
-        results[task.name] = task_type(task).metrics(task, labels[labelled, column], output[labelled])
+        decided = None if decisions is None else np.asarray(decisions[task.name])[labelled]
+        results[task.name] = task_type(task).metrics(
+            task, labels[labelled, column], output[labelled], decided
+        )
     return results

@@ -1,4 +1,4 @@
-"""Evaluating a trained run on a split of its data, beside the gradient-boosting baseline."""
+"""Evaluating a trained run on a split of its data: every source, the served choice, the baseline."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from topoclass.app.baseline import fit_and_evaluate_baseline
 from topoclass.app.predict import load_run
 from topoclass.app.prepare import RunData, make_split, prepare_data, run_data
-from topoclass.app.report import format_results_table, write_evaluation
+from topoclass.app.report import format_results_table, format_served, plot_reliability, write_evaluation
 from topoclass.app.runs import RunLayout
+from topoclass.app.serving import SOURCES
+from topoclass.app.training import fit_serving_rules
 from topoclass.config import Config, config_yaml
 from topoclass.data.split import load_split, save_split
 from topoclass.files import atomic_write
@@ -28,22 +31,45 @@ logger = logging.getLogger(__name__)
 def evaluate_run(
     run_dir: Path, *, with_baseline: bool = True, split_name: str = "test", accept_data_change: bool = False
 ) -> tuple[dict[str, Any], str]:
-    """Metrics of the run's best model (and the baseline) on a split; writes JSON, figures and a table."""
+    """Metrics on a split of the run's data: the network as trained, each source under its validation-fitted
+    rules (network, trees, blend), the served choice and the baseline; figures, JSON and a report."""
     run = load_run(run_dir)
     data = run_data(run.config, run.layout, resuming=True, accept_data_change=accept_data_change)
-    features = data.prepared.features
+    serving = run.serving or fit_serving_rules(run.layout, data)
+    features, tasks = data.prepared.features, data.prepared.features.tasks
     split = data.split_tensors()
     rows = split[split_name]
     outputs = raw_outputs(run.model, features, rows, batch_size=VALIDATION_BATCH, device=run.device)
     labels = features.labels[rows].numpy()
-    results: dict[str, Any] = {
-        "neural": score_tasks(features.tasks, labels, predictions(features.tasks, outputs))
-    }
+    subset = features.subset(rows)
+    network = {name: values.numpy() for name, values in outputs.items()}
+    sources = serving.source_outputs(tasks, subset, network, use_structure=run.config.data.use_structure)
+    results: dict[str, Any] = {"network": score_tasks(tasks, labels, predictions(tasks, outputs))}
+    served_probabilities: dict[str, Any] = {}
+    for source in (*SOURCES, "served"):
+        choice = {t.name: serving.rules[t.name].predictor if source == "served" else source for t in tasks}
+        chosen = {t.name: sources[t.name][choice[t.name]] for t in tasks}
+        decisions = serving.decide(tasks, sources, choice)
+        results[source if source == "served" else f"{source} + rules"] = score_tasks(
+            tasks, labels, chosen, decisions
+        )
+        if source == "served":
+            served_probabilities = chosen
     if with_baseline:
         results.update(_baselines(run.config, data, split, split_name))
     out_dir = run.layout.evaluation_dir()
     write_evaluation(out_dir, results, _read_history(run.layout.metrics_file()))
-    table = format_results_table(results)
+    for task in tasks:
+        known = ~np.isnan(labels[:, tasks.index(task)])
+        if task.type == "classification" and known.any():
+            plot_reliability(
+                served_probabilities[task.name][known],
+                labels[known, tasks.index(task)].astype(int),
+                f"served ({serving.rules[task.name].predictor}): {task.name}",
+                out_dir / f"reliability_served_{task.name}.png",
+            )
+    choices = {t.name: serving.rules[t.name].predictor for t in tasks}
+    table = format_results_table(results) + "\n\n" + format_served(results["served"], choices)
     atomic_write(out_dir / "results.md", table + "\n", durable=False)
     logger.info("Evaluation of %s written to %s", run.checkpoint, out_dir)
     return results, table

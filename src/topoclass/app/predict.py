@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from topoclass.app.runs import RunLayout, checkpoint_target
+from topoclass.app.serving import Serving, load_serving, predictions_for
 from topoclass.checkpoint.manager import LoadedCheckpoint, load_component, read_checkpoint
 from topoclass.config import Config, TaskConfig
 from topoclass.data.build import featurize_materials
 from topoclass.data.records import Material, Reject
 from topoclass.data.tables import read_table
 from topoclass.errors import DamagedCheckpointError
-from topoclass.model.inference import predictions, raw_outputs
+from topoclass.model.inference import raw_outputs
 from topoclass.model.multitask import MultitaskModel
 from topoclass.tasks import task_type
 from topoclass.train.averaging import inference_weights
@@ -42,10 +43,12 @@ class TrainedRun:
     layout: RunLayout
     checkpoint: Path
     device: torch.device
+    serving: Serving | None  # the trees and rules fitted on validation; None before they are
 
 
 def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
-    """A run's resolved config and the weights of its best checkpoint (else its newest intact one)."""
+    """A run's resolved config, the weights of its best checkpoint (else its newest intact one) and
+    its serving rules."""
     layout = RunLayout.open(Path(run_dir))
     config = layout.read_config()
     target = select_device(device)
@@ -53,7 +56,7 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
     model = build_model(config, tasks)
     load_component(loaded, "model", model, inference_weights(loaded.state))
-    return TrainedRun(config, tasks, model.to(target).eval(), layout, path, target)
+    return TrainedRun(config, tasks, model.to(target).eval(), layout, path, target, load_serving(layout))
 
 
 def _read_best(layout: RunLayout, attempts: int = 3) -> tuple[Path, LoadedCheckpoint]:
@@ -75,15 +78,28 @@ class Predictions:
     skipped: list[Reject] = field(default_factory=list)
 
 
-def predict_materials(run: TrainedRun, materials: list[Material]) -> Predictions:
-    """Predicted class (and class probabilities) or value per task, for each usable material."""
+def predict_materials(
+    run: TrainedRun, materials: list[Material], *, predictor: str | None = None
+) -> Predictions:
+    """Predicted class (with every class probability) or value per task, for each usable material.
+
+    Each task is served by the source its run chose on validation (network, trees or blend),
+    or by ``predictor`` when given; the row says which.
+    """
     features, skipped = featurize_materials(materials, run.tasks, run.config.data)
     if features is None:
         return Predictions([], skipped)
     outputs = raw_outputs(
         run.model, features, torch.arange(len(features)), batch_size=VALIDATION_BATCH, device=run.device
     )
-    predicted = predictions(run.tasks, outputs)
+    probabilities, decisions, sources = predictions_for(
+        run.serving,
+        run.tasks,
+        features,
+        outputs,
+        use_structure=run.config.data.use_structure,
+        predictor=predictor,
+    )
     rows = []
     for i, (material_id, formula) in enumerate(zip(features.ids, features.formulas, strict=True)):
         row: dict[str, Any] = {
@@ -92,7 +108,9 @@ def predict_materials(run: TrainedRun, materials: list[Material]) -> Predictions
             "spacegroup": int(features.spacegroup[i]),
         }
         for task in run.tasks:
-            row.update(task_type(task).prediction_row(task, predicted[task.name][i]))
+            kind = task_type(task)
+            row.update(kind.prediction_row(task, probabilities[task.name][i], decisions[task.name][i]))
+            row[f"{task.name}:predictor"] = sources[task.name]
         rows.append(row)
     return Predictions(rows, skipped)
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc, roc_curve
 
+from topoclass.calibration import expected_calibration_error, reliability_bins
 from topoclass.errors import WriteError
 from topoclass.files import atomic_write
 
@@ -28,6 +29,7 @@ CLASSIFICATION_COLUMNS = [
     ("balanced_accuracy", "balanced accuracy"),
     ("macro_f1", "macro-F1"),
     ("roc_auc", "ROC-AUC"),
+    ("ece", "calibration error (ECE)"),
 ]
 REGRESSION_COLUMNS = [("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R2")]
 _DPI = 120
@@ -136,6 +138,42 @@ def format_results_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
             cells = [_format_cell(metrics.get(key)) for metrics in per_model]
             lines.append(f"| {task} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_served(served: dict[str, dict[str, Any]], choices: dict[str, str]) -> str:
+    """The served predictor per task, and its per-class precision, recall and F1."""
+    lines = [
+        "Served predictor per task (chosen on validation): "
+        + ", ".join(f"{t} by the {s}" for t, s in choices.items())
+    ]
+    for task, metrics in served.items():
+        per_class = metrics.get("per_class")
+        if not per_class:
+            continue
+        lines += ["", f"| {task} (served) | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        for name, values in per_class.items():
+            cells = [_format_cell(values.get(key)) for key in ("precision", "recall", "f1", "support")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_reliability(probabilities: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
+    """Reliability diagram: accuracy against confidence of the predicted class, bins sized by count."""
+    accuracy, confidence, counts = reliability_bins(probabilities, labels)
+    ece = expected_calibration_error(probabilities, labels)
+    figure = Figure(figsize=(5.0, 5.0), layout="constrained")
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="perfect calibration")
+    axes.scatter(
+        confidence, accuracy, s=20 + 300 * counts / counts.max(), alpha=0.7, label="bins (area: count)"
+    )
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence (probability of the predicted class)")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"{title}\nECE {ece:.3f}, n={len(labels)}")
+    axes.legend(fontsize=8, loc="upper left")
+    return _save(figure, path)
 
 
 def write_evaluation(

@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 
 from topoclass import distributed
+from topoclass.app.predict import load_run
 from topoclass.app.prepare import RunData, run_data
 from topoclass.app.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.app.runs import RunLayout, checkpoint_target, is_run_directory
+from topoclass.app.serving import Serving, fit_serving, save_serving
 from topoclass.app.slurm import warn_if_a_save_may_not_fit
 from topoclass.checkpoint.lock import CheckpointLock
 from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, read_checkpoint
@@ -37,8 +39,9 @@ from topoclass.data.split import save_split
 from topoclass.distributed import PeerFailedError, ProcessGroup
 from topoclass.errors import CheckpointError, ConfigError, DataError, ResumableStop
 from topoclass.files import atomic_write
+from topoclass.model.inference import raw_outputs
 from topoclass.train.device import autocast_dtype, select_device
-from topoclass.train.loop import BatchFailedError, Trainer
+from topoclass.train.loop import VALIDATION_BATCH, BatchFailedError, Trainer
 from topoclass.train.signals import EXIT_RESUMABLE, StopRequest, install_stop_handlers
 
 logger = logging.getLogger(__name__)
@@ -293,6 +296,8 @@ def _train(
         _status(group, layout, "stopped", signal=stop.signal_name)
         logger.warning("Training stopped; resume with: topoclass resume %s", layout.root)
         return EXIT_RESUMABLE
+    if group.is_primary:
+        fit_serving_rules(layout, data)
     _status(
         group,
         layout,
@@ -307,6 +312,29 @@ def _train(
         layout.root,
     )
     return EXIT_OK
+
+
+def fit_serving_rules(layout: RunLayout, data: RunData) -> Serving:
+    """Fit the trees and every task's serving rule on validation, with the run's best weights; save them."""
+    run = load_run(layout.root)
+    features, val = data.prepared.features, data.split["val"]
+    outputs = raw_outputs(
+        run.model, features, torch.as_tensor(val), batch_size=VALIDATION_BATCH, device=run.device
+    )
+    serving = fit_serving(
+        features,
+        data.split,
+        {name: values.numpy() for name, values in outputs.items()},
+        use_structure=run.config.data.use_structure,
+        seed=run.config.train.seed,
+    )
+    save_serving(layout, serving, checkpoint=run.checkpoint.name)
+    logger.info(
+        "Serving (chosen on validation): %s; see %s",
+        ", ".join(f"{name} by the {rule.predictor}" for name, rule in serving.rules.items()),
+        layout.root / "model_card.md",
+    )
+    return serving
 
 
 def _save_last_good_state(

@@ -92,8 +92,21 @@ class CheckpointStorage:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="checkpoint-io")
         self._deletions: list[Future[None]] = []
 
-    def write(self, path: Path, tree: Any, *, metadata: dict[str, Any], epoch: int, step: int | None) -> Path:
-        """Durably write ``tree`` and ``metadata`` as the checkpoint directory ``path``."""
+    def write(
+        self,
+        path: Path,
+        tree: Any,
+        *,
+        metadata: dict[str, Any],
+        epoch: int,
+        step: int | None,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> Path:
+        """Durably write ``tree`` and ``metadata`` as the checkpoint directory ``path``.
+
+        ``extra_files`` (name -> bytes) are committed and verified with the rest (fitted tree
+        models in their own text format, say); :func:`read_file` reads one back.
+        """
         path = Path(path)
         tensors, json_tree = flatten(tree)
         nonfinite = [name for name, tensor in tensors.items() if _has_nonfinite(tensor)]
@@ -105,16 +118,19 @@ class CheckpointStorage:
         contents: dict[str, list[bytes | memoryview]] = {
             TENSORS_FILE: safetensors_chunks(tensors),
             STATE_FILE: [_json_bytes({"tree": json_tree, "metadata": metadata}, what="checkpoint metadata")],
+            **{name: [data] for name, data in (extra_files or {}).items()},
         }
         # Hashing the big file runs in the pool while the files are written and fsynced
         # (hashlib releases the GIL), so it overlaps the I/O and nothing is read back to be hashed.
         tensors_digest = self._pool.submit(_sha256_hex, contents[TENSORS_FILE])
-        state_digest = _sha256_hex(contents[STATE_FILE])
+        small_digests = {
+            name: _sha256_hex(chunks) for name, chunks in contents.items() if name != TENSORS_FILE
+        }
         temp = fresh_temp_dir(path)
         try:
             sizes = {name: write_chunks(temp / name, chunks) for name, chunks in contents.items()}
             fsync_paths(*(temp / name for name in contents), temp, executor=self._pool)
-            digests = {TENSORS_FILE: tensors_digest.result(), STATE_FILE: state_digest}
+            digests = {TENSORS_FILE: tensors_digest.result(), **small_digests}
             manifest = new_manifest(
                 epoch, step, {name: {"sha256": digests[name], "size": sizes[name]} for name in contents}
             )
@@ -349,6 +365,21 @@ def read(path: Path) -> tuple[Any, dict[str, Any]]:
         return unflatten(tensors, state["tree"]), state["metadata"]
     except (ValueError, KeyError, TypeError, safetensors.SafetensorError) as error:
         raise DamagedCheckpointError(path, f"undecodable content ({error})") from None
+
+
+def read_file(path: Path, name: str) -> bytes:
+    """One file of a checkpoint, checked against the manifest (an extra file, say)."""
+    manifest = read_manifest(path)
+    expected = manifest["files"].get(name)
+    if expected is None:
+        raise DamagedCheckpointError(path, f"no file {name} in the manifest")
+    try:
+        data = (Path(path) / name).read_bytes()
+    except OSError:
+        raise DamagedCheckpointError(path, f"missing file {name}") from None
+    if len(data) != expected["size"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise DamagedCheckpointError(path, f"{name}: sha256 mismatch")
+    return data
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pymatgen.core import Composition, Element
 
 from topoclass.config import TaskConfig
 from topoclass.data.records import LabelValue, Material, Reject
+from topoclass.errors import DataError
 from topoclass.features.composition import quiet_electronegativity
 from topoclass.files import atomic_write
 from topoclass.tasks import label_text, task_type
@@ -79,6 +80,7 @@ def clean_materials(
             rejects.append(problem)
 
     tasks = [_resolve_classes(task, valid) for task in tasks]
+    check_hierarchy(tasks)
     labelled: list[Material] = []
     for material in valid:
         result = _canonical_labels(material, tasks)
@@ -127,6 +129,26 @@ def record_problem(material: Material, tasks: Sequence[TaskConfig]) -> Reject | 
     if material.spacegroup not in SPACEGROUP_RANGE:
         return reject("bad_spacegroup", f"spacegroup: {material.spacegroup} is outside 1..230")
     return None
+
+
+def check_hierarchy(tasks: Sequence[TaskConfig]) -> None:
+    """A task's ``coarse_classes`` name a coarse task among ``tasks`` and map every class onto one of its."""
+    by_name = {task.name: task for task in tasks}
+    for task in tasks:
+        if task.coarse_task is None or task.coarse_classes is None:
+            continue
+        coarse = by_name.get(task.coarse_task)
+        if coarse is None or coarse.classes is None:
+            raise DataError(
+                f"task '{task.name}': coarse_task '{task.coarse_task}' is not a classification task"
+            )
+        missing = sorted(set(task.classes or []) - set(task.coarse_classes))
+        unknown = sorted(set(task.coarse_classes.values()) - set(coarse.classes))
+        if missing or unknown:
+            raise DataError(
+                f"task '{task.name}': coarse_classes must map each of its classes onto a class of "
+                f"'{coarse.name}' (unmapped: {missing or '-'}; not its classes: {unknown or '-'})"
+            )
 
 
 def _resolve_classes(task: TaskConfig, materials: Sequence[Material]) -> TaskConfig:

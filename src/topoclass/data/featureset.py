@@ -44,6 +44,22 @@ class FeatureSet:
     def has_structures(self) -> bool:
         return self.graphs is not None and bool((self.graph_index >= 0).any())
 
+    def subset(self, rows: torch.Tensor) -> FeatureSet:
+        """The materials at ``rows``, in that order (the graph store is shared, not copied)."""
+        index = rows.tolist()
+        return FeatureSet(
+            ids=[self.ids[i] for i in index],
+            formulas=[self.formulas[i] for i in index],
+            tasks=self.tasks,
+            element_index=self.element_index[rows],
+            element_fraction=self.element_fraction[rows],
+            descriptors=self.descriptors[rows],
+            spacegroup=self.spacegroup[rows],
+            labels=self.labels[rows],
+            graph_index=self.graph_index[rows],
+            graphs=self.graphs,
+        )
+
     def atoms(self) -> torch.Tensor:
         """Atoms in each material's crystal graph, [N] (0 without a structure)."""
         if self.graphs is None:

@@ -35,7 +35,14 @@ def tang2019_tasks() -> list[TaskConfig]:
     """The default tasks of this dataset."""
     return [
         TaskConfig(name=BINARY_TASK, classes=list(BINARY_CLASSES)),
-        TaskConfig(name=CLASS_TASK, classes=list(CLASS_CLASSES)),
+        TaskConfig(
+            name=CLASS_TASK,
+            classes=list(CLASS_CLASSES),
+            coarse_task=BINARY_TASK,  # every class but trivial is topological
+            coarse_classes={
+                name: "trivial" if name == "trivial" else "topological" for name in CLASS_CLASSES
+            },
+        ),
     ]
 
 

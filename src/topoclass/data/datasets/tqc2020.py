@@ -33,12 +33,26 @@ TASK_CLASSES = {
     "cross_type": ["Point", "Line", "Plane"],
 }
 MAIN_TASK = "topo_class"
+# Topological Quantum Chemistry's refinement: a linear combination of elementary band representations
+# is trivial, a split one or none is a TI, an enforced semimetal (with or without Fermi degeneracy) is SM.
+SUB_CLASS_OF = {"LCEBR": "trivial", "SEBR": "TI", "NLC": "TI", "ES": "SM", "ESFD": "SM"}
 _DECORATIONS = "*†"
 
 
 def tqc2020_tasks() -> list[TaskConfig]:
     """The default tasks of this dataset."""
-    return [TaskConfig(name=name, classes=list(classes)) for name, classes in TASK_CLASSES.items()]
+    return [
+        TaskConfig(
+            name=name,
+            classes=list(classes),
+            **(
+                {"coarse_task": MAIN_TASK, "coarse_classes": dict(SUB_CLASS_OF)}
+                if name == "sub_class"
+                else {}
+            ),
+        )
+        for name, classes in TASK_CLASSES.items()
+    ]
 
 
 @register(NAME)
