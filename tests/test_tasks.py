@@ -104,6 +104,6 @@ def test_output_width_and_prediction_row_by_type():
     number = TaskConfig(name="v", type="regression")
     assert task_type(classes).output_width(classes) == 3 and task_type(number).output_width(number) == 1
     probabilities = task_type(classes).predictions(torch.tensor([[0.0, 2.0, 0.0]]))
-    row = task_type(classes).prediction_row(classes, probabilities[0])
-    assert row["c"] == "y" and sum(row[f"c:p({k})"] for k in "xyz") == pytest.approx(1.0, abs=1e-5)
-    assert task_type(number).prediction_row(number, np.float32(1.25)) == {"v": 1.25}
+    row = task_type(classes).prediction_row(classes, probabilities[0], 2)  # the decision, not the argmax
+    assert row["c"] == "z" and sum(row[f"c:p({k})"] for k in "xyz") == pytest.approx(1.0, abs=1e-5)
+    assert task_type(number).prediction_row(number, np.float32(1.0), np.float32(1.25)) == {"v": 1.25}

@@ -168,7 +168,8 @@ def fit_trees(features: FeatureSet, train_rows: np.ndarray, x: np.ndarray, *, se
         model.fit(
             x[rows[inner]],
             labels[rows[inner], column],
-            eval_set=[(x[rows[held]], labels[rows[held], column])],
+            eval_X=x[rows[held]],
+            eval_y=labels[rows[held], column],
             callbacks=[lightgbm.early_stopping(100, verbose=False)],
         )
         trees = model.best_iteration_ or TREE_PARAMS["n_estimators"]
