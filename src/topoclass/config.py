@@ -162,6 +162,7 @@ class TrainConfig(_Section):
     nonfinite_patience: int = Count(5, ge=1, description="non-finite steps in a row before rolling back")
     rollback_lr_factor: Real = Field(0.5, gt=0, lt=1, description="learning-rate factor on each rollback")
     max_rollbacks: int = Count(3, description="rollbacks before a diverging run stops")
+    num_threads: int = Count(0, description="CPU threads for PyTorch; 0: the CPUs this process was given")
     collective_timeout_s: Real = Field(
         300.0, gt=0, description="seconds a process waits for the others before the job stops"
     )

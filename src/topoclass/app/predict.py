@@ -26,6 +26,7 @@ from topoclass.errors import DamagedCheckpointError
 from topoclass.model.inference import raw_outputs
 from topoclass.model.multitask import MultitaskModel
 from topoclass.tasks import task_type
+from topoclass.threads import configure_threads
 from topoclass.train.averaging import inference_weights
 from topoclass.train.device import select_device
 from topoclass.train.loop import VALIDATION_BATCH, build_model
@@ -51,6 +52,7 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
     its serving rules."""
     layout = RunLayout.open(Path(run_dir))
     config = layout.read_config()
+    configure_threads(config.train.num_threads)
     target = select_device(device)
     path, loaded = _read_best(layout)
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]

@@ -20,6 +20,7 @@ SAFE_TO_CHANGE = (
     # With another number of processes, accumulation keeps the global batch (and the data order).
     "train.accumulate_steps",
     "train.collective_timeout_s",
+    "train.num_threads",
     "train.progress_bar",
     "train.device",
     "checkpoint.",

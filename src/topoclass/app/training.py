@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -40,6 +41,7 @@ from topoclass.distributed import PeerFailedError, ProcessGroup
 from topoclass.errors import CheckpointError, ConfigError, DataError, ResumableStop
 from topoclass.files import atomic_write
 from topoclass.model.inference import raw_outputs
+from topoclass.threads import configure_threads
 from topoclass.train.device import autocast_dtype, select_device
 from topoclass.train.loop import VALIDATION_BATCH, BatchFailedError, Trainer
 from topoclass.train.signals import EXIT_RESUMABLE, StopRequest, install_stop_handlers
@@ -72,6 +74,7 @@ def run_training(config: Config, *, accept_data_change: bool = False) -> int:
     explicit = None if mode in RESUME_MODES else checkpoint_target(Path(mode)).single(prefer_best=False)
     if not group.is_primary:
         _quiet(group)
+    configure_threads(config.train.num_threads, _local_processes(group))
     distributed.start(group, device, timeout_s=config.train.collective_timeout_s)
     try:
         with install_stop_handlers() as stop:
@@ -115,6 +118,15 @@ def _run(
         return _train(config, layout, device, group, data, checkpoint, stop, time.perf_counter() - started)
     finally:
         lock.release()
+
+
+def _local_processes(group: ProcessGroup) -> int:
+    """Processes of this job on this node (torchrun and Slurm say how many)."""
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(key, "")
+        if value.isdigit():
+            return int(value)
+    return 1 if not group.distributed else group.world_size
 
 
 def _quiet(group: ProcessGroup) -> None:

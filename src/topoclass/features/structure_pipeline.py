@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from topoclass.config import GraphConfig
@@ -35,6 +35,7 @@ from topoclass.features.structures import (
     reduced_formula,
     spglib_spacegroup,
 )
+from topoclass.threads import available_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def featurize_structures(
         with_graph=with_graphs,
     )
     start = time.perf_counter()
-    workers = workers or os.cpu_count() or 1
+    workers = workers or available_cpus()[0]
     if progress is None:
         progress = sys.stderr.isatty()
     bar = tqdm(total=len(refs), desc="featurizing structures", unit="structure", disable=not progress)
@@ -146,7 +147,9 @@ def featurize_structures(
                 bar.update()
         else:
             chunksize = max(1, min(32, len(refs) // (workers * 8)))
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context())
+            pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=_pool_context(), initializer=_one_thread_per_worker
+            )
             try:
                 for outcome in pool.map(work, refs, searches, chunksize=chunksize):
                     outcomes.append(outcome)
@@ -181,6 +184,14 @@ def featurize_structures(
     if features.num_failed:
         logger.info("%d of %d structures could not be featurized", features.num_failed, len(features))
     return features
+
+
+def _one_thread_per_worker() -> None:
+    """The workers already fill every CPU: a worker's own NumPy and PyTorch threads would oversubscribe."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    torch.set_num_threads(1)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext | None:

@@ -1,0 +1,89 @@
+"""How many CPU threads PyTorch may use: the CPUs this process was given, set once and logged.
+
+PyTorch's default (every core it sees) is fast on an idle machine and slow on a shared
+one: its threads wait for each other at every operation, so one busy core stalls them
+all (measured on two cores with another process busy on one: 3.5x slower than one
+thread). Shared login nodes and Slurm jobs on part of a node are the normal case, so:
+
+- CPUs given to this process alone (an affinity mask, ``SLURM_CPUS_PER_TASK``, a cgroup
+  quota smaller than the machine) are all used;
+- on a machine it merely shares, one CPU is left for the others;
+- processes of one job on one node (torchrun) split the CPUs between them;
+- ``train.num_threads`` overrides all of this.
+
+The thread count can change floating-point reductions, so a run resumed with another
+count continues correctly but not bit for bit; the count is logged at every start.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def available_cpus() -> tuple[int, bool]:
+    """The CPUs this process may run on, and whether they were given to it (not just the machine's)."""
+    machine = os.cpu_count() or 1
+    limits = [machine]
+    if hasattr(os, "sched_getaffinity"):
+        limits.append(len(os.sched_getaffinity(0)))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        limits.append(int(slurm))
+    quota = _cgroup_quota()
+    if quota is not None:
+        limits.append(quota)
+    cpus = max(1, min(limits))
+    return cpus, cpus < machine or bool(slurm)
+
+
+def _cgroup_quota() -> int | None:
+    """CPUs a cgroup quota allows (v2 ``cpu.max``, or v1 ``cfs_quota_us``), rounded up; None if unlimited."""
+    candidates = [
+        (Path("/sys/fs/cgroup/cpu.max"), None),
+        (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")),
+    ]
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()[:2]
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota in ("max", "-1"):
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    return None
+
+
+def choose_threads(setting: int, local_processes: int = 1) -> tuple[int, str]:
+    """The thread count for ``train.num_threads`` (0: automatic), and why."""
+    if setting > 0:
+        return setting, "train.num_threads"
+    cpus, given = available_cpus()
+    share = max(1, cpus // max(local_processes, 1))
+    if given:
+        return share, f"{cpus} CPUs given to this job" + (
+            f", shared by {local_processes} processes" if local_processes > 1 else ""
+        )
+    if share > 1:
+        return share - 1, f"{cpus} CPUs of a shared machine, one left for other processes"
+    return share, f"{cpus} CPU"
+
+
+def configure_threads(setting: int, local_processes: int = 1) -> int:
+    """Set PyTorch's thread count once for this process, and say so."""
+    threads, reason = choose_threads(setting, local_processes)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    logger.info(
+        "Using %d CPU thread%s (%s; train.num_threads overrides)", threads, "s" * (threads > 1), reason
+    )
+    return threads
