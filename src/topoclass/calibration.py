@@ -18,12 +18,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import f1_score, log_loss
 
 _EPS = 1e-12
+# SciPy and scikit-learn are imported where a rule is fitted or scored, not where one is applied:
+# serving a prediction must not pay seconds of imports for them.
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed stably (shifted by the row maximum)."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exps = np.exp(shifted)
+    return exps / exps.sum(axis=1, keepdims=True)
 
 
 # -- temperature ------------------------------------------------------------------------------------
@@ -31,7 +36,7 @@ _EPS = 1e-12
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities ``softmax(logits / T)``."""
-    return softmax(np.asarray(logits, dtype=float) / temperature, axis=1)
+    return softmax(np.asarray(logits, dtype=float) / temperature)
 
 
 def fit_temperature(
@@ -42,6 +47,9 @@ def fit_temperature(
     Searched on ``log T`` (bounded scalar minimization); the NLL is convex in ``1 / T`` so
     the minimum is unique. Argmax decisions do not change with ``T``.
     """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
     logits = np.asarray(logits, dtype=float)
     labels = np.asarray(labels, dtype=int)
     rows = np.arange(len(labels))
@@ -68,6 +76,8 @@ def reliability_bins(
     (prediction correct, max probability); counts use the same bin assignment
     (edges ``linspace(0, 1, bins + 1)``, right-closed bins as scikit-learn assigns them).
     """
+    from sklearn.calibration import calibration_curve
+
     probs = np.asarray(probs, dtype=float)
     labels = np.asarray(labels, dtype=int)
     confidence = np.clip(probs.max(axis=1), 0.0, 1.0)
@@ -99,6 +109,8 @@ def logit_adjust(log_probs: np.ndarray, prior: np.ndarray, tau: float) -> np.nda
 
 
 def _score(metric: str, labels: np.ndarray, predicted: np.ndarray, classes: int) -> float:
+    from sklearn.metrics import f1_score
+
     if metric == "macro_f1":
         return float(
             f1_score(labels, predicted, labels=list(range(classes)), average="macro", zero_division=0)
@@ -155,6 +167,9 @@ def fit_blend_weight(
     for a linear pool); ``"macro_f1"`` maximizes argmax macro-F1 on a 0.01 grid (ties to the
     smallest ``w``), which is noisier.
     """
+    from scipy.optimize import minimize_scalar
+    from sklearn.metrics import log_loss
+
     p_a, p_b = np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)
     labels = np.asarray(labels, dtype=int)
     classes = list(range(p_a.shape[1]))

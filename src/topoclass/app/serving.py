@@ -20,6 +20,7 @@ the rules as JSON, a SHA-256 manifest) and summarized in ``<run>/model_card.md``
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,15 @@ class Serving:
     """Every task's rule and its trees, as fitted on a run's validation split."""
 
     rules: dict[str, TaskRule]
-    trees: dict[str, Any]  # task -> LightGBM booster
+    tree_models: dict[str, Any] | Callable[[], dict[str, Any]]  # or how to load them when first needed
     use_cell_facts: bool
+
+    @property
+    def trees(self) -> dict[str, Any]:
+        """The LightGBM boosters per task (loaded on first use: importing LightGBM costs a second)."""
+        if callable(self.tree_models):
+            self.tree_models = self.tree_models()
+        return self.tree_models
 
     def source_outputs(
         self,
@@ -78,12 +86,25 @@ class Serving:
         network: dict[str, np.ndarray],
         *,
         use_structure: bool,
+        only: dict[str, str] | None = None,
     ) -> dict[str, dict[str, np.ndarray]]:
-        """Calibrated probabilities (or values) of each source, per task."""
-        x = tree_inputs(features, use_structure=use_structure, with_cell_facts=self.use_cell_facts)
+        """Calibrated probabilities (or values) of each source, per task (with ``only``, of just the
+        source given per task: the trees are not needed to serve the network)."""
+        need_trees = only is None or any(source != "network" for source in only.values())
+        x = (
+            tree_inputs(features, use_structure=use_structure, with_cell_facts=self.use_cell_facts)
+            if need_trees
+            else None
+        )
         out: dict[str, dict[str, np.ndarray]] = {}
         for task in tasks:
             rule = self.rules[task.name]
+            if x is None:
+                net = network[task.name]
+                if task.type == "classification":
+                    net = apply_temperature(net, rule.temperature["network"])
+                out[task.name] = {"network": net}
+                continue
             trees = _tree_predictions(task, self.trees[task.name], x)
             if task.type != "classification":
                 blend = rule.blend_weight * network[task.name] + (1 - rule.blend_weight) * trees
@@ -314,20 +335,21 @@ def load_serving(layout: RunLayout) -> Serving | None:
     path = layout.root / SERVING_DIR
     if not path.is_dir():
         return None
-    import lightgbm
-
     try:
         storage.verify(path)
         metadata = storage.read_metadata(path)
         rules = {name: TaskRule(**rule) for name, rule in metadata["rules"].items()}
-        trees = {
-            name: lightgbm.Booster(model_str=storage.read_file(path, f"trees-{name}.txt").decode())
-            for name in rules
-        }
+        texts = {name: storage.read_file(path, f"trees-{name}.txt").decode() for name in rules}
     except (CheckpointError, KeyError, TypeError, ValueError) as error:
         logger.warning("Serving rules of %s unusable (%s): serving the network alone", layout.root, error)
         return None
-    return Serving(rules, trees, bool(metadata.get("use_cell_facts")))
+
+    def load_trees() -> dict[str, Any]:
+        import lightgbm
+
+        return {name: lightgbm.Booster(model_str=text) for name, text in texts.items()}
+
+    return Serving(rules, load_trees, bool(metadata.get("use_cell_facts")))
 
 
 def model_card(layout: RunLayout, serving: Serving, checkpoint: str) -> str:
@@ -384,6 +406,6 @@ def predictions_for(
         }
         return probabilities, decisions, {t.name: "network" for t in tasks}
     choice = {t.name: predictor or serving.rules[t.name].predictor for t in tasks}
-    outputs = serving.source_outputs(tasks, features, network, use_structure=use_structure)
+    outputs = serving.source_outputs(tasks, features, network, use_structure=use_structure, only=choice)
     decisions = serving.decide(tasks, outputs, choice)
     return {t.name: outputs[t.name][choice[t.name]] for t in tasks}, decisions, choice

@@ -69,9 +69,12 @@ class FeatureSet:
 
     def batch(self, rows: torch.Tensor, *, with_graphs: bool) -> dict[str, Any]:
         """Slice one mini-batch; graphs only for rows that have a structure."""
+        element_index = self.element_index[rows]
+        # Element slots are padded to the dataset's widest formula; a batch needs only its own widest.
+        width = max(1, int((element_index > 0).sum(dim=1).max())) if len(rows) else 1
         batch: dict[str, Any] = {
-            "element_index": self.element_index[rows],
-            "element_fraction": self.element_fraction[rows],
+            "element_index": element_index[:, :width],
+            "element_fraction": self.element_fraction[rows, :width],
             "descriptors": self.descriptors_read(rows, with_graphs=with_graphs),
             "spacegroup": self.spacegroup[rows],
             "labels": self.labels[rows],

@@ -99,6 +99,14 @@ class _RolledBack(Exception):
     """The state was restored from a checkpoint: the epoch loop starts over from there."""
 
 
+def adamw(model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel per step where this PyTorch has that for the model's device."""
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # older PyTorch, or a device without a fused kernel
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
 def build_model(config: Config, tasks: list[TaskConfig]) -> MultitaskModel:
     """The model a config describes, for the given tasks."""
     return MultitaskModel(
