@@ -99,3 +99,9 @@ def test_smallest_cell_never_exceeds_the_real_one():
         exact_above_one += bool(smallest == real_units > 1)
     assert checked == 40
     assert exact_above_one >= 5  # the bound is tight, not trivially 1
+
+
+def test_the_shipped_multiplicity_table_is_what_spglib_gives():
+    from topoclass.features.filling import compute_wyckoff_multiplicities, wyckoff_multiplicities
+
+    assert all(wyckoff_multiplicities(n) == compute_wyckoff_multiplicities(n) for n in range(1, 231))

@@ -18,12 +18,13 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from pymatgen.core import Composition, Element
+from pymatgen.core import Element
 
 from topoclass.config import TaskConfig
 from topoclass.data.records import LabelValue, Material, Reject
 from topoclass.errors import DataError
 from topoclass.features.composition import quiet_electronegativity
+from topoclass.features.formula import composition
 from topoclass.files import atomic_write
 from topoclass.tasks import label_text, task_type
 
@@ -61,7 +62,7 @@ def formula_key(formula: str) -> str:
     Raises ``ValueError`` when pymatgen cannot parse the formula.
     """
     with quiet_electronegativity():
-        return Composition(formula).reduced_composition.alphabetical_formula
+        return composition(formula).reduced_composition.alphabetical_formula
 
 
 def clean_materials(
@@ -114,12 +115,12 @@ def record_problem(material: Material, tasks: Sequence[TaskConfig]) -> Reject | 
     if not formula:
         return reject("bad_formula", "formula: missing")
     try:
-        composition = Composition(formula)
+        parsed = composition(formula)
     except (ValueError, KeyError, TypeError) as exc:
         return reject("bad_formula", f"formula: '{formula}' is not a chemical formula ({exc})")
-    if composition.num_atoms <= 0:
+    if parsed.num_atoms <= 0:
         return reject("bad_formula", f"formula: '{formula}' has no atoms")
-    unknown = [str(species) for species in composition.elements if not isinstance(species, Element)]
+    unknown = [str(species) for species in parsed.elements if not isinstance(species, Element)]
     if unknown:
         return reject(
             "unknown_element", f"formula: '{formula}' contains {', '.join(unknown)}, not an element"

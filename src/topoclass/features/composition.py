@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
-from pymatgen.core import Composition, Element
+from pymatgen.core import Element
 
 from topoclass.features.filling import NUM_FILLING_FACTS, filling_facts
+from topoclass.features.formula import composition
 
 MAX_Z = 118  # every element pymatgen knows; missing properties are filled and flagged
 
@@ -94,8 +95,7 @@ def element_property_table() -> np.ndarray:
 
 def parse_composition(formula: str) -> dict[int, float]:
     """Atomic number -> atomic fraction. Raises ValueError for unparsable formulas."""
-    composition = Composition(formula)
-    fractions = composition.fractional_composition
+    fractions = composition(formula).fractional_composition
     return {element.Z: float(amount) for element, amount in fractions.items()}
 
 
@@ -127,11 +127,11 @@ def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
     """
     rows = []
     for formula in formulas:
-        composition = Composition(formula)
-        reduced = composition.reduced_composition
-        electrons = round(sum(el.Z * amount for el, amount in composition.items()))
+        parsed = composition(formula)
+        reduced = parsed.reduced_composition
+        electrons = round(sum(el.Z * amount for el, amount in parsed.items()))
         reduced_electrons = round(sum(el.Z * amount for el, amount in reduced.items()))
-        atoms = composition.num_atoms
+        atoms = parsed.num_atoms
         rows.append(
             [
                 electrons % 2,
@@ -141,7 +141,7 @@ def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
                 round(reduced.num_atoms) % 2,
                 math.log(atoms),
                 math.log(reduced.num_atoms),
-                len(composition) / 8,
+                len(parsed) / 8,
             ]
         )
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_FORMULA_FACTS)

@@ -10,23 +10,27 @@ cell holds, so the smallest count for which every element's atoms fit on the
 group's Wyckoff positions is assumed, and the facts are stated for it.
 
 The multiplicities are computed from spglib's symmetry operations, as orbit
-sizes of points on a fine grid: spglib and pymatgen do not expose Wyckoff
+sizes of points on a fine grid (spglib and pymatgen do not expose Wyckoff
 multiplicities without a structure, and the one package that tabulates them
-brings a dozen dependencies for one table.
+brings a dozen dependencies for one table); the result for all 230 groups ships
+as a small table, and a test recomputes it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
+from importlib.resources import files
 
 import numpy as np
-from pymatgen.core import Composition
 
+from topoclass.features.formula import composition
 from topoclass.features.symmetry import symmetry_operations
 
 NUM_FILLING_FACTS = 7
+WYCKOFF_TABLE = "wyckoff_multiplicities.json"
 # Every special position of the 230 groups has coordinates in multiples of 1/24
 # (1/8 in Fd-3m, 1/3 and 1/6 in hexagonal groups), so a 24-point grid meets them all.
 _GRID = 24
@@ -35,9 +39,24 @@ _GRID = 24
 _MAX_FORMULA_UNITS = 48
 
 
-@cache
 def wyckoff_multiplicities(number: int) -> tuple[int, ...]:
-    """Distinct Wyckoff multiplicities of space group ``number``, counted in the primitive cell."""
+    """Distinct Wyckoff multiplicities of space group ``number``, counted in the primitive cell.
+
+    Read from the table shipped with topoclass (``wyckoff_multiplicities.json``), which
+    :func:`compute_wyckoff_multiplicities` made from spglib's operations; computing all 230
+    takes seconds, reading them a millisecond.
+    """
+    return _shipped_multiplicities()[number]
+
+
+@cache
+def _shipped_multiplicities() -> dict[int, tuple[int, ...]]:
+    table = json.loads(files("topoclass.features").joinpath(WYCKOFF_TABLE).read_text())
+    return {int(number): tuple(values) for number, values in table.items()}
+
+
+def compute_wyckoff_multiplicities(number: int) -> tuple[int, ...]:
+    """The multiplicities from spglib's symmetry operations, as orbit sizes of grid points."""
     operations = symmetry_operations(number)
     rotations, translations = operations["rotations"], operations["translations"]
     centring = sum(np.array_equal(r, np.eye(3)) for r in rotations)
@@ -70,6 +89,11 @@ class _WyckoffSums:
             return False
         return count > self.limit or bool(self.reachable[count])
 
+    def holds(self, counts: np.ndarray) -> np.ndarray:
+        """Element-wise ``count in self`` for an array of non-negative counts."""
+        capped = np.minimum(counts, self.limit)
+        return (counts % self.step == 0) & ((counts > self.limit) | self.reachable[capped])
+
 
 @cache
 def _wyckoff_sums(number: int) -> _WyckoffSums:
@@ -88,29 +112,33 @@ def filling_facts(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.nda
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_FILLING_FACTS)
 
 
-def _facts(formula: str, number: int) -> list[float]:
-    reduced = Composition(formula).reduced_composition
-    counts = [round(amount) for amount in reduced.values()]
+def _facts(formula: str, number: int) -> tuple[float, ...]:
+    reduced = composition(formula).reduced_composition
+    counts = tuple(sorted(round(amount) for amount in reduced.values()))
     electrons = round(sum(element.Z * amount for element, amount in reduced.items()))
+    return _cell_facts(counts, electrons, number)
+
+
+@lru_cache(maxsize=1 << 16)
+def _cell_facts(counts: tuple[int, ...], electrons: int, number: int) -> tuple[float, ...]:
+    """The facts depend on a formula only through its atom counts and electrons: many formulas share them."""
     sums = _wyckoff_sums(number)
     smallest_site = math.log2(min(wyckoff_multiplicities(number)))
-    consistent = [
-        units for units in range(1, _MAX_FORMULA_UNITS + 1) if all(units * count in sums for count in counts)
-    ]
-
-    def fillable(units: int) -> bool:
-        cell_electrons = units * electrons
-        return cell_electrons % 2 == 0 and cell_electrons // 2 in sums
-
-    units = consistent[0]
-    cell_electrons = units * electrons
-    larger = [u for u in consistent if u <= 4 * units]
-    return [
+    candidates = np.arange(1, _MAX_FORMULA_UNITS + 1)
+    # A cell of u formula units: every element's u * count atoms must sit on Wyckoff positions.
+    consistent = candidates[sums.holds(np.outer(candidates, np.asarray(counts))).all(axis=1)]
+    cell_electrons = consistent * electrons
+    # With spin-orbit coupling, a filling needs an even electron count, twice a sum of multiplicities.
+    fillable = (cell_electrons % 2 == 0) & sums.holds(cell_electrons // 2)
+    units = int(consistent[0])
+    larger = consistent <= 4 * units
+    electrons_in_cell = units * electrons
+    return (
         math.log2(units),
-        cell_electrons % 2,
-        cell_electrons % 4 / 3,
-        cell_electrons % 8 / 7,
+        electrons_in_cell % 2,
+        electrons_in_cell % 4 / 3,
+        electrons_in_cell % 8 / 7,
         smallest_site,
-        float(fillable(units)),
-        sum(map(fillable, larger)) / len(larger),
-    ]
+        float(fillable[0]),
+        float(fillable[larger].sum()) / int(larger.sum()),
+    )
