@@ -39,11 +39,19 @@ def test_evaluate_writes_metrics_and_figures(finished_run):
     assert result.returncode == 0, result.stderr
     assert "| topological | accuracy |" in result.stdout
     metrics = json.loads((run / "evaluation" / "metrics.json").read_text())
-    assert set(metrics) == {"neural", "baseline"}
-    neural = metrics["neural"]["topological"]
+    sources = {"network", "network + rules", "trees + rules", "blend + rules", "served", "baseline"}
+    assert set(metrics) == sources
+    neural = metrics["network"]["topological"]
     assert 0.0 <= neural["accuracy"] <= 1.0 and len(neural["confusion_matrix"]) == 2
     assert neural["n"] == len(json.loads((run / "split.json").read_text())["test"])
-    for name in ("confusion_neural_topological.png", "training_curves.png"):
+    assert "Served predictor per task (chosen on validation)" in result.stdout
+    assert "| trivial |" in result.stdout  # the per-class table of the served predictor
+    assert 0.0 <= metrics["served"]["topological"]["ece"] <= 1.0
+    for name in (
+        "confusion_network_topological.png",
+        "training_curves.png",
+        "reliability_served_topological.png",
+    ):
         assert (run / "evaluation" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -25,9 +25,7 @@ goes through the ``safetensors`` library, which validates the layout.
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 
 from topoclass.errors import CheckpointError
+from topoclass.tensorfile import DTYPE_CODES, tensor_chunks
 
 TENSOR_TAG = "__tensor__"
 NDARRAY_TAG = "__ndarray__"
@@ -43,23 +42,7 @@ DICT_TAG = "__dict__"
 FLOAT_TAG = "__float__"
 _TAGS = frozenset({TENSOR_TAG, NDARRAY_TAG, TUPLE_TAG, DICT_TAG, FLOAT_TAG})
 
-# safetensors dtype codes for every torch dtype we accept.
-_SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-for _name, _code in (("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64")):
-    if hasattr(torch, _name):  # unsigned wide dtypes exist from torch 2.3 on
-        _SAFETENSORS_DTYPES[getattr(torch, _name)] = _code
-
+_SAFETENSORS_DTYPES = DTYPE_CODES
 _NUMPY_KINDS = frozenset("biufc")  # bool, signed, unsigned, float, complex
 _RESERVED_TENSOR_NAMES = frozenset({"__metadata__"})  # the safetensors header's own key
 
@@ -191,32 +174,9 @@ def _tensor(name: str, tensors: Mapping[str, torch.Tensor], path: tuple[Any, ...
 def safetensors_chunks(
     tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> list[bytes | memoryview]:
-    """The safetensors file for ``tensors`` (and string ``metadata``) as buffers to write in order.
-
-    Layout (see the safetensors format spec): an 8-byte little-endian header
-    length, a JSON header padded with spaces to a multiple of 8, then every
-    tensor's bytes back to back. Tensor buffers are zero-copy views, so the
-    tensors must stay unchanged until the chunks are written. The same input
-    always gives the same bytes (the library's own writer orders its metadata
-    differently from call to call).
-    """
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {key: str(metadata[key]) for key in sorted(metadata)}
-    payload: list[memoryview] = []
-    offset = 0
-    for name, tensor in tensors.items():
-        if not tensor.is_contiguous() or tensor.device.type != "cpu":
-            raise CheckpointError(f"tensor '{name}' must be a contiguous CPU tensor")
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-        if size:
-            payload.append(tensor.reshape(-1).view(torch.uint8).numpy().data)
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)
-    return [struct.pack("<Q", len(header_bytes)) + header_bytes, *payload]
+    """The safetensors file for ``tensors`` (and string ``metadata``) as buffers to write in order;
+    see :mod:`topoclass.tensorfile`. The same input always gives the same bytes."""
+    try:
+        return tensor_chunks(tensors, metadata)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None

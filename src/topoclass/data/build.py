@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from topoclass.config import DataConfig, GraphConfig, TaskConfig
-from topoclass.data.cache import fingerprint, read_entry, write_entry
+from topoclass.data.cache import begin_entry, fingerprint, read_entry, write_entry
 from topoclass.data.clean import clean_materials, record_problem
 from topoclass.data.datasets import load_dataset
 from topoclass.data.featureset import FeatureSet, encode_labels
 from topoclass.data.records import Material, RawDataset, Reject
 from topoclass.features.composition import encode_compositions, material_descriptors
+from topoclass.tensorfile import numpy_code
 
 if TYPE_CHECKING:
-    from topoclass.features.graph_store import GraphStore
+    from topoclass.features.graph_store import GraphStore, GraphStoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,12 @@ class StructuredMaterials:
 
 
 def attach_structures(
-    materials: Sequence[Material], graph: GraphConfig, *, workers: int, use_structure: bool
+    materials: Sequence[Material],
+    graph: GraphConfig,
+    *,
+    workers: int,
+    use_structure: bool,
+    writer: GraphStoreWriter | None = None,
 ) -> StructuredMaterials:
     """Featurize the structures the run needs, in parallel; fill formula and space group from them.
 
@@ -93,6 +99,7 @@ def attach_structures(
         find_spacegroup=[materials[i].spacegroup is None for i in wanted],
         workers=workers,
         with_graphs=use_structure,
+        writer=writer,
     )
     position = dict(zip(wanted, range(len(wanted)), strict=True))
     kept: list[Material] = []
@@ -161,9 +168,15 @@ def featurize_materials(
     return build_feature_set(usable, tasks, graphs=structured.graphs, graph_rows=rows), rejects
 
 
-def _featurize(raw: RawDataset, data: DataConfig) -> tuple[FeatureSet, list[Reject], dict[str, int]]:
+def _featurize(
+    raw: RawDataset, data: DataConfig, writer: GraphStoreWriter | None = None
+) -> tuple[FeatureSet, list[Reject], dict[str, int]]:
     structured = attach_structures(
-        raw.materials, data.graph, workers=data.featurize_workers, use_structure=data.use_structure
+        raw.materials,
+        data.graph,
+        workers=data.featurize_workers,
+        use_structure=data.use_structure,
+        writer=writer,
     )
     cleaned = clean_materials(
         structured.materials, raw.tasks, prior_rejects=[*raw.rejects, *structured.rejects]
@@ -263,15 +276,7 @@ def prepare_dataset(data: DataConfig) -> PreparedDataset:
         logger.info(
             "Featurizing %d records of %s (first run; cached afterwards)", len(raw.materials), raw.name
         )
-        features, rejects, counts = _featurize(raw, data)
-        meta = {
-            "ids": features.ids,
-            "formulas": features.formulas,
-            "tasks": [t.model_dump(mode="json") for t in features.tasks],
-            "rejects": [dataclasses.asdict(r) for r in rejects],
-            "counts": counts,
-        }
-        write_entry(entry, features.tensors(), meta)
+        features, rejects, counts = _featurize_into_cache(raw, data, entry)
     main_task = next(task for task in features.tasks if task.name == raw.main_task)
     return PreparedDataset(
         name=raw.name,
@@ -283,6 +288,47 @@ def prepare_dataset(data: DataConfig) -> PreparedDataset:
         from_cache=cached is not None,
         seconds=time.perf_counter() - start,
     )
+
+
+def _featurize_into_cache(
+    raw: RawDataset, data: DataConfig, entry: Path
+) -> tuple[FeatureSet, list[Reject], dict[str, int]]:
+    """Featurize, streaming the crystal graphs to disk, write the cache entry, and read it back
+    memory-mapped: the memory a featurization needs does not grow with the number of structures."""
+    from topoclass.features.graph_store import GraphStoreWriter
+
+    staging = begin_entry(entry)
+    writer = GraphStoreWriter(data.graph.spectral_k, staging / "graph-parts") if staging is not None else None
+    features, rejects, counts = _featurize(raw, data, writer)
+    meta = {
+        "ids": features.ids,
+        "formulas": features.formulas,
+        "tasks": [t.model_dump(mode="json") for t in features.tasks],
+        "rejects": [dataclasses.asdict(r) for r in rejects],
+        "counts": counts,
+    }
+    if writer is None or not writer.has_files_for(features.graphs):
+        write_entry(entry, features.tensors(), meta, staging=staging)
+        return features, rejects, counts
+    parts = writer.parts()
+    streamed = {
+        f"graph.{name}": (numpy_code(dtype), shape, [path])
+        for name, (dtype, shape, path) in parts.items()
+        if not name.startswith("edge_")
+    }
+    edges = parts["edge_source"][1][0]
+    streamed["graph.edge_index"] = ("I64", (2, edges), [parts["edge_source"][2], parts["edge_target"][2]])
+    streamed["graph.edge_distance"] = (
+        numpy_code(parts["edge_distance"][0]),
+        (edges,),
+        [parts["edge_distance"][2]],
+    )
+    small = {**features.tensors(with_graphs=False), **{f"graph.{k}": v for k, v in writer.pointers().items()}}
+    if write_entry(entry, small, meta, staging=staging, streamed=streamed):
+        cached = read_entry(entry)
+        if cached is not None:
+            return _features_from_cache(*cached), rejects, counts
+    return features, rejects, counts
 
 
 def _features_from_cache(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> FeatureSet:

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, save
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from topoclass.files import TEMP_PREFIX, temp_sibling
+from topoclass.tensorfile import DTYPE_CODES, header
 
 logger = logging.getLogger(__name__)
 
@@ -37,61 +39,131 @@ CACHE_FORMAT_VERSION = 1
 _TENSORS = "features.safetensors"
 _META = "meta.json"
 _MANIFEST = "MANIFEST.json"
+_BLOCK = 8 << 20
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_entry(directory: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bool:
-    """Write a cache entry atomically (temp directory, then rename); False if it could not be written.
-
-    A cache is an optimization: a full or read-only cache disk costs the next run a
-    featurization, never this run its work, so a failed write is a warning.
-    """
+def begin_entry(directory: Path) -> Path | None:
+    """A fresh staging folder for the entry ``directory``; None (with a warning) where none can be made."""
     staging = temp_sibling(directory)
-    blobs = {
-        _TENSORS: save({k: v.contiguous() for k, v in tensors.items()}),
-        _META: json.dumps(meta).encode(),
-    }
-    manifest = {"version": CACHE_FORMAT_VERSION, "sha256": {n: _sha256(b) for n, b in blobs.items()}}
-    blobs[_MANIFEST] = json.dumps(manifest).encode()
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        for name, blob in blobs.items():
-            (staging / name).write_bytes(blob)
+    except OSError as error:
+        _not_written(directory, error)
+        return None
+    return staging
+
+
+def write_entry(
+    directory: Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    *,
+    staging: Path | None = None,
+    streamed: dict[str, tuple[str, tuple[int, ...], list[Path]]] | None = None,
+) -> bool:
+    """Write a cache entry atomically (staging folder, then rename); False if it could not be written.
+
+    ``streamed`` tensors (name -> dtype code, shape, files holding their bytes in order) are
+    copied from disk into the tensor file without passing through memory whole. A cache is an
+    optimization: a full or read-only cache disk costs the next run a featurization, never this
+    run its work, so a failed write is a warning.
+    """
+    staging = staging or begin_entry(directory)
+    if staging is None:
+        return False
+    tensors = {name: value.contiguous() for name, value in tensors.items()}
+    entries = [
+        (name, DTYPE_CODES[t.dtype], list(t.shape), t.numel() * t.element_size())
+        for name, t in tensors.items()
+    ]
+    for name, (code, shape, files) in (streamed or {}).items():
+        entries.append((name, code, list(shape), sum(f.stat().st_size for f in files)))
+    try:
+        digests = {_TENSORS: _write_streamed(staging / _TENSORS, header(entries), tensors, streamed or {})}
+        meta_bytes = json.dumps(meta).encode()
+        (staging / _META).write_bytes(meta_bytes)
+        digests[_META] = hashlib.sha256(meta_bytes).hexdigest()
+        for path in staging.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)  # the streamed parts are in the tensor file now
+        (staging / _MANIFEST).write_text(json.dumps({"version": CACHE_FORMAT_VERSION, "sha256": digests}))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(staging, directory)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        logger.warning(
-            "Featurization cache not written (%s: %s); the next run featurizes again",
-            directory.parent,
-            error.strerror or error,
-        )
+        _not_written(directory, error)
         return False
     return True
 
 
+def _write_streamed(
+    path: Path,
+    head: bytes,
+    tensors: dict[str, torch.Tensor],
+    streamed: dict[str, tuple[str, tuple[int, ...], list[Path]]],
+) -> str:
+    """Write the header, the in-memory tensors, then the streamed files; returns the SHA-256."""
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+
+        def put(data: bytes | memoryview) -> None:
+            digest.update(data)
+            out.write(data)
+
+        put(head)
+        for tensor in tensors.values():
+            if tensor.numel():
+                put(tensor.reshape(-1).view(torch.uint8).numpy().data)
+        for _code, _shape, files in streamed.values():
+            for file in files:
+                with file.open("rb") as source:
+                    while block := source.read(_BLOCK):
+                        put(block)
+    return digest.hexdigest()
+
+
+def _not_written(directory: Path, error: OSError) -> None:
+    logger.warning(
+        "Featurization cache not written (%s: %s); the next run featurizes again",
+        directory.parent,
+        error.strerror or error,
+    )
+
+
 def read_entry(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """Load and verify an entry; None when absent, stale or damaged (it is then rebuilt)."""
+    """Load and verify an entry; None when absent, stale or damaged (it is then rebuilt).
+
+    The files are hashed as they stream past, then the tensors are memory-mapped: a cached
+    load needs memory for what training touches, not twice the file.
+    """
     try:
         manifest = json.loads((directory / _MANIFEST).read_text())
         if manifest.get("version") != CACHE_FORMAT_VERSION:
             return None
-        blobs = {name: (directory / name).read_bytes() for name in manifest["sha256"]}
-    except (OSError, ValueError, KeyError):
+        for name, expected in manifest["sha256"].items():
+            if _file_sha256(directory / name) != expected:
+                logger.warning(
+                    "Featurization cache %s is damaged (%s checksum); rebuilding it", directory, name
+                )
+                return None
+        meta = json.loads((directory / _META).read_bytes())
+        tensors = load_file(directory / _TENSORS)
+    except (OSError, ValueError, KeyError, SafetensorError):
         return None
-    for name, digest in manifest["sha256"].items():
-        if _sha256(blobs[name]) != digest:
-            logger.warning("Featurization cache %s is damaged (%s checksum); rebuilding it", directory, name)
-            return None
     # The manifest's modification time records the last use, for ``topoclass cache prune``.
     with contextlib.suppress(OSError):
         os.utime(directory / _MANIFEST)
-    return load(blobs[_TENSORS]), json.loads(blobs[_META])
+    return tensors, meta
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

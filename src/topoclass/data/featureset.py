@@ -104,8 +104,8 @@ class FeatureSet:
             [descriptors[:, :NUM_FORMULA_FACTS], descriptors[:, NUM_FORMULA_FACTS:] * flag, flag], dim=1
         )
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Flat tensor dict for the cache (graphs prefixed with ``graph.``)."""
+    def tensors(self, *, with_graphs: bool = True) -> dict[str, torch.Tensor]:
+        """Flat tensor dict for the cache (graphs prefixed with ``graph.``, unless left out)."""
         out = {
             "element_index": self.element_index,
             "element_fraction": self.element_fraction,
@@ -114,7 +114,7 @@ class FeatureSet:
             "labels": self.labels,
             "graph_index": self.graph_index,
         }
-        if self.graphs is not None:
+        if with_graphs and self.graphs is not None:
             out.update({f"graph.{k}": v for k, v in self.graphs.to_tensors().items()})
         return out
 

@@ -10,6 +10,7 @@ anything but the requested slices.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -157,6 +158,118 @@ class GraphStore:
         batch.num_nodes = int(node_counts.sum())
         batch._num_graphs = index.numel()
         return batch
+
+
+# What a writer keeps per graph chunk, with the dtype of its raw file.
+_PARTS: dict[str, np.dtype] = {
+    "atomic_numbers": np.dtype(np.int64),
+    "edge_source": np.dtype(np.int64),
+    "edge_target": np.dtype(np.int64),
+    "edge_distance": np.dtype(np.float32),
+    "eigenvalues": np.dtype(np.float32),
+    "eigenvalue_mask": np.dtype(np.bool_),
+    "eigenvectors": np.dtype(np.float32),
+}
+
+
+class GraphStoreWriter:
+    """Graphs packed chunk by chunk, in memory or appended to raw files in ``directory``.
+
+    Featurizing a dataset of any size then holds one chunk of graphs at a time: on disk,
+    the packed graphs of a million structures (a few GB) never need the memory. The
+    finished parts become the cache file (:meth:`parts`) or a store (:meth:`store`).
+    """
+
+    def __init__(self, spectral_k: int, directory: Path | None = None) -> None:
+        self.spectral_k = spectral_k
+        self.directory = directory
+        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in _PARTS}
+        self._node_counts: list[np.ndarray] = []
+        self._edge_counts: list[np.ndarray] = []
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name in _PARTS:
+                (directory / name).write_bytes(b"")
+
+    def __len__(self) -> int:
+        return int(sum(len(counts) for counts in self._node_counts))
+
+    def add(self, graphs: Sequence[CrystalGraph], spectra: Sequence[Spectrum]) -> None:
+        """Pack and keep one chunk of graphs with their spectra (same order)."""
+        if not graphs:
+            return
+        arrays = {
+            "atomic_numbers": np.concatenate([g.atomic_numbers for g in graphs]),
+            "edge_source": np.concatenate([g.edge_index[0] for g in graphs]),
+            "edge_target": np.concatenate([g.edge_index[1] for g in graphs]),
+            "edge_distance": np.concatenate([g.edge_distance for g in graphs]),
+            "eigenvalues": np.stack([s.eigenvalues for s in spectra]),
+            "eigenvalue_mask": np.stack([s.mask for s in spectra]),
+            "eigenvectors": np.concatenate([s.eigenvectors for s in spectra]),
+        }
+        self._node_counts.append(np.array([g.num_nodes for g in graphs], dtype=np.int64))
+        self._edge_counts.append(np.array([g.num_edges for g in graphs], dtype=np.int64))
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array, dtype=_PARTS[name])
+            if self.directory is None:
+                self._chunks[name].append(array)
+            else:
+                with (self.directory / name).open("ab") as out:
+                    out.write(array.tobytes())
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        nodes = int(sum(c.sum() for c in self._node_counts))
+        edges = int(sum(c.sum() for c in self._edge_counts))
+        graphs, k = len(self), self.spectral_k
+        return {
+            "atomic_numbers": (nodes,),
+            "edge_source": (edges,),
+            "edge_target": (edges,),
+            "edge_distance": (edges,),
+            "eigenvalues": (graphs, k),
+            "eigenvalue_mask": (graphs, k),
+            "eigenvectors": (nodes, k),
+        }
+
+    def pointers(self) -> dict[str, torch.Tensor]:
+        """``node_ptr`` and ``edge_ptr``: small, kept in memory."""
+        ptrs = {}
+        for name, counts in (("node_ptr", self._node_counts), ("edge_ptr", self._edge_counts)):
+            joined = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+            ptrs[name] = torch.from_numpy(np.concatenate([[0], np.cumsum(joined)]).astype(np.int64))
+        return ptrs
+
+    def has_files_for(self, store: GraphStore | None) -> bool:
+        """Whether ``store`` is this writer's, written to files (so its parts can be streamed)."""
+        return self.directory is not None and store is not None and len(self) > 0 and len(store) == len(self)
+
+    def parts(self) -> dict[str, tuple[np.dtype, tuple[int, ...], Path]]:
+        """Each raw file on disk with its dtype and shape (for streaming into a cache file)."""
+        if self.directory is None:
+            raise ValueError("an in-memory writer has no files")
+        shapes = self._shapes()
+        return {name: (dtype, shapes[name], self.directory / name) for name, dtype in _PARTS.items()}
+
+    def store(self) -> GraphStore:
+        """A store of every graph added: read from the raw files (memory-mapped) or joined in memory."""
+        shapes = self._shapes()
+        arrays = {}
+        for name, dtype in _PARTS.items():
+            if self.directory is None:
+                chunks = self._chunks[name]
+                arrays[name] = np.concatenate(chunks) if chunks else np.zeros(shapes[name], dtype=dtype)
+            elif np.prod(shapes[name]) == 0:
+                arrays[name] = np.zeros(shapes[name], dtype=dtype)
+            else:
+                arrays[name] = np.memmap(self.directory / name, dtype=dtype, mode="c", shape=shapes[name])
+        tensors = {
+            name: torch.from_numpy(np.asarray(a))
+            for name, a in arrays.items()
+            if not name.startswith("edge_")
+        }
+        tensors["edge_distance"] = torch.from_numpy(np.asarray(arrays["edge_distance"]))
+        tensors["edge_index"] = torch.from_numpy(np.stack([arrays["edge_source"], arrays["edge_target"]]))
+        return GraphStore({**tensors, **self.pointers()})
 
 
 def _ranges(ptr: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from topoclass.config import GraphConfig
 from topoclass.errors import DataError
 from topoclass.features.graph import CrystalGraph, build_crystal_graph
-from topoclass.features.graph_store import GraphStore
+from topoclass.features.graph_store import GraphStore, GraphStoreWriter
 from topoclass.features.spectral import SpectralCache, laplacian_spectra
 from topoclass.features.structures import (
     StructureRef,
@@ -115,18 +115,80 @@ def featurize_structures(
     progress: bool | None = None,
     device: str | None = "auto",
     spectral_cache: SpectralCache | None = None,
+    writer: GraphStoreWriter | None = None,
+    chunk: int = 1024,
 ) -> StructureFeatures:
-    """Featurize ``refs`` with ``workers`` processes (0: one per CPU core; 1: in this process).
+    """Featurize ``refs`` with ``workers`` processes (0: one per CPU given to this process; 1: here).
 
     ``find_spacegroup[i]`` says whether to search reference i's space group (default: all).
-    Without ``with_graphs`` only formulas and space groups are derived. Each distinct graph's
-    spectrum is computed once, through ``spectral_cache`` (default: one for this call only).
-    The progress bar (default) is drawn only on a terminal: redrawn into a batch job's log
-    it is thousands of lines of noise.
+    Without ``with_graphs`` only formulas and space groups are derived. Graphs go, ``chunk``
+    at a time with their spectra, to ``writer`` (default: in memory; one writing to disk keeps
+    the memory bounded whatever the number of structures). Each distinct graph's spectrum
+    is computed once, through ``spectral_cache`` (default: one for this call only). The
+    progress bar (default) is drawn only on a terminal: redrawn into a batch job's log it is
+    thousands of lines of noise.
     """
     searches = [True] * len(refs) if find_spacegroup is None else list(find_spacegroup)
     if len(searches) != len(refs):
         raise ValueError(f"find_spacegroup has {len(searches)} entries for {len(refs)} structures")
+    start = time.perf_counter()
+    workers = workers or available_cpus()[0]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    writer = writer or GraphStoreWriter(graph.spectral_k)
+    cache = spectral_cache or SpectralCache()
+    formulas: list[str | None] = []
+    spacegroups: list[int | None] = []
+    reasons: list[str | None] = []
+    graph_index = np.full(len(refs), -1, dtype=np.int64)
+    pending: list[tuple[int, CrystalGraph]] = []
+    spectra_seconds = 0.0
+
+    def flush() -> None:
+        nonlocal spectra_seconds
+        started = time.perf_counter()
+        graphs = [g for _, g in pending]
+        first = len(writer)
+        writer.add(graphs, laplacian_spectra(graphs, graph.spectral_k, device=device, cache=cache))
+        graph_index[[i for i, _ in pending]] = np.arange(first, first + len(graphs))
+        pending.clear()
+        spectra_seconds += time.perf_counter() - started
+
+    with tqdm(total=len(refs), desc="featurizing structures", unit="structure", disable=not progress) as bar:
+        for index, (formula, spacegroup, reason, crystal) in enumerate(
+            _outcomes(refs, searches, graph, workers=workers, with_graphs=with_graphs)
+        ):
+            formulas.append(formula)
+            spacegroups.append(spacegroup)
+            reasons.append(reason)
+            if crystal is not None:
+                pending.append((index, crystal))
+                if len(pending) >= chunk:
+                    flush()
+            bar.update()
+        flush()
+    logger.info(
+        "featurized %d structures with %d workers in %.1f s (%.1f s of it for Laplacian spectra)",
+        len(refs),
+        workers,
+        time.perf_counter() - start,
+        spectra_seconds,
+    )
+    features = StructureFeatures(formulas, spacegroups, reasons, graph_index, writer.store())
+    if features.num_failed:
+        logger.info("%d of %d structures could not be featurized", features.num_failed, len(features))
+    return features
+
+
+def _outcomes(
+    refs: Sequence[StructureRef],
+    searches: Sequence[bool],
+    graph: GraphConfig,
+    *,
+    workers: int,
+    with_graphs: bool,
+) -> Iterator[_Outcome]:
+    """Each reference's outcome, in order, from worker processes (or here, for a few)."""
     work = partial(
         featurize_one,
         cutoff=graph.cutoff,
@@ -134,56 +196,21 @@ def featurize_structures(
         symprec=graph.symprec,
         with_graph=with_graphs,
     )
-    start = time.perf_counter()
-    workers = workers or available_cpus()[0]
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = tqdm(total=len(refs), desc="featurizing structures", unit="structure", disable=not progress)
-    outcomes: list[_Outcome] = []
-    with bar:
-        if workers == 1 or len(refs) < _MIN_STRUCTURES_FOR_POOL:
-            for ref, search in zip(refs, searches, strict=True):
-                outcomes.append(work(ref, search))
-                bar.update()
-        else:
-            chunksize = max(1, min(32, len(refs) // (workers * 8)))
-            pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=_pool_context(), initializer=_one_thread_per_worker
-            )
-            try:
-                for outcome in pool.map(work, refs, searches, chunksize=chunksize):
-                    outcomes.append(outcome)
-                    bar.update()
-            except BaseException:
-                # A stop signal or an error: drop the work not started rather than wait for it.
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            pool.shutdown(wait=True)
-
-    graphs = [outcome[3] for outcome in outcomes if outcome[3] is not None]
-    graph_index = np.full(len(outcomes), -1, dtype=np.int64)
-    graph_index[[i for i, outcome in enumerate(outcomes) if outcome[3] is not None]] = np.arange(len(graphs))
-    parsed = time.perf_counter()
-    spectra = laplacian_spectra(
-        graphs, graph.spectral_k, device=device, cache=spectral_cache or SpectralCache()
+    if workers == 1 or len(refs) < _MIN_STRUCTURES_FOR_POOL:
+        for ref, search in zip(refs, searches, strict=True):
+            yield work(ref, search)
+        return
+    chunksize = max(1, min(32, len(refs) // (workers * 8)))
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=_pool_context(), initializer=_one_thread_per_worker
     )
-    logger.info(
-        "featurized %d structures with %d workers in %.1f s (%.1f s of it for Laplacian spectra)",
-        len(refs),
-        workers,
-        time.perf_counter() - start,
-        time.perf_counter() - parsed,
-    )
-    features = StructureFeatures(
-        formula=[outcome[0] for outcome in outcomes],
-        spacegroup=[outcome[1] for outcome in outcomes],
-        reason=[outcome[2] for outcome in outcomes],
-        graph_index=graph_index,
-        store=GraphStore.from_graphs(graphs, spectra, spectral_k=graph.spectral_k),
-    )
-    if features.num_failed:
-        logger.info("%d of %d structures could not be featurized", features.num_failed, len(features))
-    return features
+    try:
+        yield from pool.map(work, refs, searches, chunksize=chunksize)
+    except BaseException:
+        # A stop signal or an error: drop the work not started rather than wait for it.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _one_thread_per_worker() -> None:
