@@ -63,7 +63,7 @@ class SpectralCache:
     featurization that made it: nothing of it stays in the process afterwards.
     """
 
-    def __init__(self, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
         self.max_bytes = max_bytes
