@@ -4,10 +4,12 @@ Both sides train the default model on the default dataset (Tang 2019, its formul
 split) from the same initial weights, over the same batches in the same order, with the
 same arithmetic: forward, loss, backward, gradient clipping, AdamW, the weight average and
 a validation pass per epoch. The trainer adds what a user gets from it: checkpoints at the
-default cadence, the non-finite guard, the memory report, logging and the metrics file.
+default cadence, the non-finite guard, the memory report, logging, the metrics file and
+the TensorBoard curves.
 Whole runs alternate (trainer, loop, trainer, loop...) so both see the same machine.
 
 It also times the memory report and the guard on their own, against the time of a step,
+and the TensorBoard writer on its own, against the time of an epoch,
 and measures the peak resident memory of a default ``topoclass train`` in a fresh process.
 
 Usage: ``python benchmarks/train_overhead.py [--epochs 6] [--repeats 2] [--rss-epochs 3]``
@@ -40,6 +42,7 @@ from topoclass.train.loop import VALIDATION_BATCH, Trainer, build_model
 from topoclass.train.loss import MultitaskLoss
 from topoclass.train.schedule import LearningRateSchedule
 from topoclass.train.signals import StopRequest
+from topoclass.train.tracking import EpochLog, wanted_loggers
 
 
 def trainer_run(config, prepared, split, scratch: Path) -> float:
@@ -56,9 +59,13 @@ def trainer_run(config, prepared, split, scratch: Path) -> float:
             metrics_file=scratch / "metrics.jsonl",
             run_metadata={"split_ids_sha256": digest, "data_fingerprint": "", "code_revision": None},
         )
+        epoch_log = EpochLog(scratch / "tensorboard", wanted_loggers(None), resume_after_epoch=0)
+        trainer.on_epoch = epoch_log.write
         started = time.perf_counter()
         trainer.fit()
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        epoch_log.close()
+        return elapsed
 
 
 def minimal_run(config, prepared, split) -> float:
@@ -123,6 +130,22 @@ def guard_and_monitor_cost(steps_per_epoch: int, step_seconds: float) -> None:
     print(f"  with the progress bar's memory figures on a terminal: {100 * terminal / step_seconds:.3f}%")
 
 
+def tracking_cost(epoch_seconds: float) -> None:
+    """One epoch's TensorBoard figures, written and flushed, as a share of an epoch."""
+    row = {"epoch": 1, "lr": 1e-3, "samples_per_s": 900.0, "rss_gib": 0.5, "peak_rss_gib": 0.6}
+    row |= {f"{split}_{name}": 0.5 for split in ("train", "val") for name in ("loss", "acc", "f1", "ece")}
+    repeats = 200
+    with tempfile.TemporaryDirectory(prefix=".tracking-bench-", dir=".") as scratch:
+        epoch_log = EpochLog(Path(scratch), ["tensorboard"], resume_after_epoch=0)
+        started = time.perf_counter()
+        for epoch in range(1, repeats + 1):
+            epoch_log.write(row | {"epoch": epoch})
+        per_epoch = (time.perf_counter() - started) / repeats
+        epoch_log.close()
+    share = 100 * per_epoch / epoch_seconds
+    print(f"TensorBoard: {per_epoch * 1e3:.2f} ms per epoch = {share:.4f}% of an epoch")
+
+
 def peak_rss_of_default_training(epochs: int, data_dir: str) -> None:
     with tempfile.TemporaryDirectory(prefix=".rss-bench-", dir=".") as scratch:
         command = [sys.executable, "-m", "topoclass", "-q", "train", "--data-dir", data_dir]
@@ -160,6 +183,8 @@ def main() -> None:
     print(f"{args.epochs} epochs, {steps} steps each, median of {args.repeats} alternating runs:")
     print(f"trainer {trainer:.1f} s, minimal loop {loop:.1f} s: ratio {trainer / loop:.3f} (target <= 1.05)")
     guard_and_monitor_cost(steps, loop / (args.epochs * steps))
+    if wanted_loggers(None):
+        tracking_cost(loop / args.epochs)
     peak_rss_of_default_training(args.rss_epochs, args.data_dir)
 
 

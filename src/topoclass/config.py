@@ -166,6 +166,7 @@ class TrainConfig(_Section):
     collective_timeout_s: Real = Field(
         300.0, gt=0, description="seconds a process waits for the others before the job stops"
     )
+    loggers: list[str] | None = Field(None, description="[tensorboard]; default: TensorBoard when installed")
     progress_bar: bool = True
 
 

@@ -21,6 +21,7 @@ SAFE_TO_CHANGE = (
     "train.accumulate_steps",
     "train.collective_timeout_s",
     "train.num_threads",
+    "train.loggers",
     "train.progress_bar",
     "train.device",
     "checkpoint.",

@@ -87,6 +87,9 @@ class RunLayout:
     def evaluation_dir(self) -> Path:
         return self.root / "evaluation"
 
+    def tracking_dir(self) -> Path:
+        return self.root / "tensorboard"
+
     def baseline_file(self) -> Path:
         return self.root / "baseline.json"
 

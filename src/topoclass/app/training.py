@@ -14,6 +14,7 @@ chooses the checkpoint, featurizes (the others read its cache) and writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from topoclass.threads import configure_threads
 from topoclass.train.device import autocast_dtype, select_device
 from topoclass.train.loop import VALIDATION_BATCH, BatchFailedError, Trainer
 from topoclass.train.signals import EXIT_RESUMABLE, StopRequest, install_stop_handlers
+from topoclass.train.tracking import EpochLog, wanted_loggers
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ def run_training(config: Config, *, accept_data_change: bool = False) -> int:
     layout = RunLayout.for_config(config)
     device = select_device(config.train.device, group.local_rank)
     autocast_dtype(config.train.precision, device)  # fp16 on a CPU is refused now, not after featurizing
+    wanted_loggers(config.train.loggers)
     check_sources(config.data)
     _check_run_directory(layout)
     mode = resolve_resume_mode(config.checkpoint.resume)
@@ -291,8 +294,13 @@ def _train(
             manager.check_room(_checkpoint_size_estimate(trainer))
             # Everything is known to be valid: from here on the run's files are written.
             _write_run_files(config, layout, data)
+        loggers = wanted_loggers(config.train.loggers) if group.is_primary else []
+        resumed_at = trainer.state.completed_epochs
+        epoch_log = EpochLog(layout.tracking_dir(), loggers, resume_after_epoch=resumed_at)
+        trainer.on_epoch = epoch_log.write
         try:
-            result = trainer.fit()
+            with contextlib.closing(epoch_log):
+                result = trainer.fit()
         except KeyboardInterrupt:
             _status(group, layout, "stopped", reason="interrupted at once (second Ctrl-C)")
             raise

@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,12 +129,14 @@ class Trainer:
         metrics_file: Path,
         run_metadata: dict[str, Any],
         group: ProcessGroup | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         train = config.train
         self.config, self.features, self.split = config, features, split
         self.device, self.checkpoints, self.stop = device, checkpoints, stop
         self.group = group or ProcessGroup()
         self.metrics_file = metrics_file
+        self.on_epoch = on_epoch  # experiment tracking: called with each epoch's figures
         self.run_metadata = run_metadata
         self.resumed_from: str | None = None
         self.last_epoch_rate = 0.0  # training samples per second in the last epoch
@@ -530,6 +532,8 @@ class Trainer:
             # Rewritten whole from the history, so epochs replayed after a crash never appear twice.
             lines = "".join(json.dumps(r, allow_nan=True) + "\n" for r in self.state.history)
             atomic_write(self.metrics_file, lines, durable=False)
+        if self.on_epoch is not None and self.group.is_primary:
+            self.on_epoch({**row, "samples_per_s": self.last_epoch_rate})
         shown = {k: v for k, v in row.items() if k.startswith(("train_", "val_", "lr"))}
         summary = ", ".join(f"{k}={v:.4f}" for k, v in shown.items() if isinstance(v, float))
         logger.info(
