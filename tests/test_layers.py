@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"model", "checkpoint"},
     {"train"},
     {"app"},
-    {"cli", "__init__", "__main__"},
+    {"api", "cli", "__init__", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

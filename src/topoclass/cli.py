@@ -104,35 +104,34 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from topoclass.app.predict import load_run, predict_materials, rows_to_csv, table_materials
-    from topoclass.data.records import Material
+    from topoclass.api import load
     from topoclass.files import atomic_write
 
+    if (args.run is None) == (args.model is None):
+        raise TopoclassError("predict needs a run directory or --model NAME (one of them)")
     one = args.formula is not None or args.spacegroup is not None
     if args.table is not None and one:
         raise TopoclassError("predict takes --table or --formula with --spacegroup, not both")
-    if args.table is not None:
-        materials, unreadable = table_materials(args.table)
-    elif args.formula is not None and args.spacegroup is not None:
-        materials = [
-            Material(id=args.formula, formula=args.formula, spacegroup=args.spacegroup, source="--formula")
-        ]
-        unreadable = []
-    else:
+    if args.table is None and (args.formula is None or args.spacegroup is None):
         raise TopoclassError("predict needs --formula and --spacegroup, or --table")
-    result = predict_materials(load_run(args.run), materials, predictor=args.predictor)
-    skipped = [*unreadable, *result.skipped]
-    for reject in skipped:
-        logging.getLogger("topoclass.predict").warning("%s: %s; skipped", reject.source, reject.reason)
-    if not result.rows:
+    model = load(args.run or args.model)
+    if args.table is not None:
+        frame = model.predict_table(args.table, predictor=args.predictor)
+    else:
+        frame = model.predict(args.formula, args.spacegroup, predictor=args.predictor)
+    skipped = frame[frame["skipped"] != ""]
+    for reason in skipped["skipped"]:
+        logging.getLogger("topoclass.predict").warning("%s; skipped", reason)
+    predicted = frame[frame["skipped"] == ""].drop(columns="skipped")
+    if predicted.empty:
         raise TopoclassError(f"no usable materials to predict ({len(skipped)} skipped)")
-    text = rows_to_csv(result.rows)
+    text = predicted.to_csv(index=False, lineterminator="\n")
     if args.output is None:
         print(text, end="")
         return 0
     atomic_write(args.output, text)
-    note = f" ({len(skipped)} skipped)" if skipped else ""
-    print(f"Predictions for {len(result.rows)} materials written to {args.output}{note}")
+    note = f" ({len(skipped)} skipped)" if len(skipped) else ""
+    print(f"Predictions for {len(predicted)} materials written to {args.output}{note}")
     return 0
 
 
@@ -242,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.set_defaults(func=_cmd_baseline)
 
     predict = verbs.add_parser("predict", help="class probabilities for new materials")
-    predict.add_argument("run", type=Path)
+    predict.add_argument("run", type=Path, nargs="?", help="a run directory (its best checkpoint)")
+    predict.add_argument("--model", help="a bundled model (tang2019, tqc2020) or a run directory")
     predict.add_argument("--formula")
     predict.add_argument("--spacegroup", type=int)
     predict.add_argument("--table", type=Path, help="CSV/TSV/JSONL with formula and spacegroup columns")

@@ -65,7 +65,7 @@ def test_saved_trees_are_verified_and_a_damaged_file_is_refused(prepared, tmp_pa
     save_serving(layout, serving, checkpoint="best")
     loaded = load_serving(RunLayout.open(tmp_path / "run"))
     assert loaded is not None and loaded.rules == serving.rules
-    assert "| topological |" in (layout.root / "model_card.md").read_text()
+    assert "| topological |" in layout.model_card_file().read_text()
     x_rows = torch.arange(len(prepared.features))
     net = {
         k: torch.as_tensor(v)
@@ -75,8 +75,10 @@ def test_saved_trees_are_verified_and_a_damaged_file_is_refused(prepared, tmp_pa
     reference = predictions_for(serving, prepared.features.tasks, prepared.features, net, use_structure=False)
     np.testing.assert_allclose(served[0]["topological"], reference[0]["topological"])
     assert len(x_rows) == len(served[1]["topological"])
-    tree_file = layout.root / "serving" / "trees-topological.txt"
-    tree_file.write_text(tree_file.read_text().replace("tree", "TREE", 1))
+    tree_file = layout.serving_dir() / "trees-topological.txt.gz"
+    damaged = bytearray(tree_file.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    tree_file.write_bytes(bytes(damaged))
     assert load_serving(RunLayout.open(tmp_path / "run")) is None
     assert "sha256 mismatch" in caplog.text
 

@@ -6,8 +6,6 @@ folder, so predicting from a run while it trains cannot disturb the trainer.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,6 @@ from topoclass.checkpoint.manager import LoadedCheckpoint, load_component, read_
 from topoclass.config import Config, TaskConfig
 from topoclass.data.build import featurize_materials
 from topoclass.data.records import Material, Reject
-from topoclass.data.tables import read_table
 from topoclass.errors import DamagedCheckpointError
 from topoclass.model.inference import raw_outputs
 from topoclass.model.multitask import MultitaskModel
@@ -115,17 +112,3 @@ def predict_materials(
             row[f"{task.name}:predictor"] = sources[task.name]
         rows.append(row)
     return Predictions(rows, skipped)
-
-
-def table_materials(path: Path) -> tuple[list[Material], list[Reject]]:
-    """Materials of a prediction table (formula and space group, or a structure column)."""
-    return read_table(path)
-
-
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    """CSV text of prediction rows."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()

@@ -87,6 +87,12 @@ class RunLayout:
     def evaluation_dir(self) -> Path:
         return self.root / "evaluation"
 
+    def serving_dir(self) -> Path:
+        return self.root / "serving"
+
+    def model_card_file(self) -> Path:
+        return self.root / "model_card.md"
+
     def tracking_dir(self) -> Path:
         return self.root / "tensorboard"
 

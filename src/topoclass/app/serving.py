@@ -14,11 +14,12 @@ the validation split, per task:
 A task with ``coarse_task`` is decided top-down: its class must belong to the coarse
 task's decided class, so the two answers never contradict. Everything is saved in
 ``<run>/serving/`` (verified like a checkpoint: the trees in LightGBM's own text format,
-the rules as JSON, a SHA-256 manifest) and summarized in ``<run>/model_card.md``.
+gzipped, the rules as JSON, a SHA-256 manifest) and summarized in ``<run>/model_card.md``.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,6 @@ from topoclass.files import atomic_write
 logger = logging.getLogger(__name__)
 
 SOURCES = ("network", "trees", "blend")
-SERVING_DIR = "serving"
 _TAUS = np.round(np.arange(0.0, 2.01, 0.05), 2)
 _EPS = 1e-12
 
@@ -314,9 +314,10 @@ def _score(metric: str, y: np.ndarray, predicted: np.ndarray, classes: int) -> f
 
 def save_serving(layout: RunLayout, serving: Serving, *, checkpoint: str) -> Path:
     """Write ``<run>/serving/`` (rules, trees, manifest) and ``<run>/model_card.md``."""
-    path = layout.root / SERVING_DIR
-    trees = {
-        f"trees-{name}.txt": booster.model_to_string().encode() for name, booster in serving.trees.items()
+    path = layout.serving_dir()
+    trees = {  # mtime 0: the same trees give the same bytes
+        _trees_file(name): gzip.compress(booster.model_to_string().encode(), mtime=0)
+        for name, booster in serving.trees.items()
     }
     metadata = {
         "package_version": __version__,
@@ -326,21 +327,21 @@ def save_serving(layout: RunLayout, serving: Serving, *, checkpoint: str) -> Pat
     }
     with storage.CheckpointStorage() as writer:
         writer.write(path, {}, metadata=metadata, epoch=0, step=None, extra_files=trees)
-    atomic_write(layout.root / "model_card.md", model_card(layout, serving, checkpoint))
+    atomic_write(layout.model_card_file(), model_card(layout, serving, checkpoint))
     return path
 
 
 def load_serving(layout: RunLayout) -> Serving | None:
     """The run's serving rules and trees, verified; None when the run has none (or they are damaged)."""
-    path = layout.root / SERVING_DIR
+    path = layout.serving_dir()
     if not path.is_dir():
         return None
     try:
         storage.verify(path)
         metadata = storage.read_metadata(path)
         rules = {name: TaskRule(**rule) for name, rule in metadata["rules"].items()}
-        texts = {name: storage.read_file(path, f"trees-{name}.txt").decode() for name in rules}
-    except (CheckpointError, KeyError, TypeError, ValueError) as error:
+        texts = {name: gzip.decompress(storage.read_file(path, _trees_file(name))).decode() for name in rules}
+    except (CheckpointError, KeyError, TypeError, ValueError, OSError) as error:
         logger.warning("Serving rules of %s unusable (%s): serving the network alone", layout.root, error)
         return None
 
@@ -350,6 +351,10 @@ def load_serving(layout: RunLayout) -> Serving | None:
         return {name: lightgbm.Booster(model_str=text) for name, text in texts.items()}
 
     return Serving(rules, load_trees, bool(metadata.get("use_cell_facts")))
+
+
+def _trees_file(task: str) -> str:
+    return f"trees-{task}.txt.gz"
 
 
 def model_card(layout: RunLayout, serving: Serving, checkpoint: str) -> str:

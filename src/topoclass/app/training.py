@@ -352,7 +352,7 @@ def fit_serving_rules(layout: RunLayout, data: RunData) -> Serving:
     logger.info(
         "Serving (chosen on validation): %s; see %s",
         ", ".join(f"{name} by the {rule.predictor}" for name, rule in serving.rules.items()),
-        layout.root / "model_card.md",
+        layout.model_card_file(),
     )
     return serving
 

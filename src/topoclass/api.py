@@ -1,0 +1,263 @@
+"""The Python interface: load a model (bundled or trained), predict new materials, train.
+
+    >>> import topoclass as tc
+    >>> model = tc.load("tang2019")                      # bundled; or a run directory
+    >>> model.predict(["Bi2Se3", "NaCl"], [166, 225])    # a pandas DataFrame
+
+The command line's ``predict`` and ``train`` go through these same calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from topoclass.errors import ConfigError, ResumableStop, TopoclassError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    from topoclass.app.predict import TrainedRun
+    from topoclass.config import Config
+    from topoclass.data.records import Material, Reject
+
+__all__ = ["Predictor", "bundled_models", "load", "train"]
+
+BUNDLED_ROOT = Path(__file__).with_name("pretrained")
+PREDICTORS = ("network", "trees", "blend")
+
+StructureItem = Any  # a pymatgen Structure, an ASE Atoms, or a path to a CIF/POSCAR/extxyz/JSON file
+
+
+def bundled_models() -> list[str]:
+    """Names of the models that ship inside the package, e.g. ``["tang2019", "tqc2020"]``."""
+    if not BUNDLED_ROOT.is_dir():
+        return []
+    return sorted(entry.name for entry in BUNDLED_ROOT.iterdir() if (entry / "config.yaml").is_file())
+
+
+def bundled_model_dir(name: str) -> Path:
+    """The directory of bundled model ``name`` (ConfigError naming the choices if there is none)."""
+    if name not in bundled_models():
+        known = ", ".join(bundled_models()) or "none installed"
+        raise ConfigError(f"'{name}' is neither a run directory nor a bundled model ({known})")
+    return BUNDLED_ROOT / name
+
+
+def load(model: str | os.PathLike[str], *, device: str = "auto") -> Predictor:
+    """A predictor from a bundled model's name or a run directory (its best checkpoint).
+
+    An existing directory wins over a bundled name::
+
+        model = tc.load("tang2019")        # shipped with the package
+        model = tc.load("runs/my-run")     # trained with ``topoclass train``
+    """
+    from topoclass.app.predict import load_run
+
+    path = Path(model)
+    directory = path if path.is_dir() else bundled_model_dir(str(model))
+    return Predictor(load_run(directory, device=device))
+
+
+def train(config: Config | Mapping[str, Any] | str | os.PathLike[str]) -> Path:
+    """Train (or resume, as ``checkpoint.resume`` says) the run a config describes; its directory.
+
+    ``config`` is a :class:`~topoclass.config.Config`, a mapping of the same keys, or a YAML
+    file. Calling it again on a run that stopped resumes it::
+
+        run = tc.train({"data": {"dataset": "tang2019", "data_dir": "data"}, "train": {"epochs": 30}})
+        tc.load(run).predict(["Bi2Se3"], [166])
+
+    Raises :class:`~topoclass.errors.ResumableStop` when a stop signal or a fault ended the run
+    before its last epoch (its last checkpoint is kept: train again to continue).
+    """
+    from topoclass.app.runs import RunLayout
+    from topoclass.app.training import run_training
+    from topoclass.config import Config, config_from_dict, load_config
+
+    if isinstance(config, Config):
+        resolved = config
+    elif isinstance(config, Mapping):
+        resolved = config_from_dict(dict(config))
+    else:
+        resolved = load_config(Path(os.fspath(config)))
+    root = RunLayout.for_config(resolved).root
+    if run_training(resolved) != 0:
+        raise ResumableStop(f"training of {root} stopped before its last epoch; train again to resume")
+    return root
+
+
+class Predictor:
+    """A trained model with the rules it is served by: predictions as pandas DataFrames.
+
+    Every call returns one row per material, in the order given: ``id``, ``formula``,
+    ``spacegroup``, per task the predicted class (or value), every class probability
+    (``task:p(class)``) and which source answered (``task:predictor``: network, trees or
+    blend), and ``skipped``: why a material could not be predicted (empty when it was).
+    """
+
+    def __init__(self, run: TrainedRun) -> None:
+        self._run = run
+
+    def __repr__(self) -> str:
+        return f"Predictor({str(self._run.layout.root)!r}, tasks={self.tasks})"
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks it predicts, main task first."""
+        return [task.name for task in self._run.tasks]
+
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        """Each classification task's classes, in the order of its probability columns."""
+        return {task.name: list(task.classes) for task in self._run.tasks if task.classes}
+
+    @property
+    def uses_structures(self) -> bool:
+        """Whether the model reads crystal structures (it predicts without them too)."""
+        return self._run.config.data.use_structure
+
+    def predict(
+        self,
+        formulas: str | Sequence[str],
+        spacegroups: int | Sequence[int],
+        *,
+        ids: Sequence[str] | None = None,
+        predictor: str | None = None,
+    ) -> pd.DataFrame:
+        """Predictions from formulas and space-group numbers (1-230)::
+
+        model.predict(["Bi2Se3", "NaCl"], [166, 225])
+        model.predict("Bi2Se3", 166, predictor="network")   # one source for every task
+        """
+        from topoclass.data.records import Material
+
+        formulas = [formulas] if isinstance(formulas, str) else list(formulas)
+        groups = [spacegroups] if isinstance(spacegroups, int) else list(spacegroups)
+        if len(groups) != len(formulas):
+            raise ConfigError(f"{len(formulas)} formulas but {len(groups)} space groups")
+        names = _ids(ids, formulas)
+        materials = [
+            Material(id=str(i), formula=formula, spacegroup=int(group), source=names[i])
+            for i, (formula, group) in enumerate(zip(formulas, groups, strict=True))
+        ]
+        return self._frame(materials, names, [], predictor)
+
+    def predict_structures(
+        self,
+        items: StructureItem | Sequence[StructureItem],
+        *,
+        ids: Sequence[str] | None = None,
+        predictor: str | None = None,
+    ) -> pd.DataFrame:
+        """Predictions from crystal structures: pymatgen ``Structure``, ASE ``Atoms``, or paths
+        to CIF, POSCAR, extxyz or pymatgen-JSON files. Formula and space group come from the
+        structure (spglib, ``symprec`` of the model's config)::
+
+        model.predict_structures([Structure.from_file("Bi2Se3.cif"), atoms, "NaCl.cif"])
+        """
+        from topoclass.data.records import Material
+
+        listed = list(items) if isinstance(items, list | tuple) else [items]
+        names = _ids(ids, [_default_id(item, i) for i, item in enumerate(listed)])
+        materials = [
+            Material(id=str(i), formula="", spacegroup=None, structure=_structure_ref(item), source=names[i])
+            for i, item in enumerate(listed)
+        ]
+        return self._frame(materials, names, [], predictor)
+
+    def predict_table(self, path: str | os.PathLike[str], *, predictor: str | None = None) -> pd.DataFrame:
+        """Predictions for a CSV, TSV or JSONL table with ``formula`` and ``spacegroup`` columns
+        (or a ``structure`` column of file paths) and an optional ``id`` column. Rows that cannot
+        be read come last, with the reason in ``skipped``."""
+        from topoclass.data.tables import read_table
+
+        materials, unreadable = read_table(Path(path))
+        names = [material.id for material in materials]
+        indexed = [_with_id(material, str(i)) for i, material in enumerate(materials)]
+        return self._frame(indexed, names, unreadable, predictor)
+
+    def _frame(
+        self, materials: list[Material], names: list[str], unreadable: list[Reject], predictor: str | None
+    ) -> pd.DataFrame:
+        """Predict ``materials`` (ids are their positions) and lay the rows out in input order."""
+        import pandas as pd
+
+        from topoclass.app.predict import predict_materials
+
+        if predictor is not None and predictor not in PREDICTORS:
+            raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}, not '{predictor}'")
+        result = predict_materials(self._run, materials, predictor=predictor)
+        predicted = {row["id"]: row for row in result.rows}
+        reasons = {reject.id: _reason(reject) for reject in result.skipped}
+        rows: list[dict[str, Any]] = []
+        for material in materials:
+            row = predicted.get(material.id)
+            if row is None:
+                row = {"formula": material.formula, "spacegroup": material.spacegroup}
+            rows.append({**row, "id": names[int(material.id)], "skipped": reasons.get(material.id, "")})
+        for reject in unreadable:
+            rows.append({"id": reject.id, "skipped": _reason(reject)})
+        columns = ["id", "formula", "spacegroup", *_prediction_columns(result.rows), "skipped"]
+        frame = pd.DataFrame(rows, columns=columns)
+        frame["spacegroup"] = frame["spacegroup"].astype("Int64")  # stays whole beside a skipped row's gap
+        return frame
+
+
+def _reason(reject: Reject) -> str:
+    return f"{reject.source}: {reject.reason}" if reject.source else reject.reason
+
+
+def _prediction_columns(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    return [key for key in rows[0] if key not in ("id", "formula", "spacegroup")]
+
+
+def _ids(ids: Sequence[str] | None, defaults: list[str]) -> list[str]:
+    if ids is None:
+        return defaults
+    names = [str(name) for name in ids]
+    if len(names) != len(defaults):
+        raise ConfigError(f"{len(defaults)} materials but {len(names)} ids")
+    return names
+
+
+def _default_id(item: StructureItem, position: int) -> str:
+    if isinstance(item, str | os.PathLike):
+        return Path(item).name
+    return f"structure {position}"
+
+
+def _structure_ref(item: StructureItem) -> Any:
+    """A structure reference for a path, a pymatgen Structure or an ASE Atoms (TopoclassError otherwise)."""
+    from topoclass.features.structures import StructureRef
+
+    if isinstance(item, str | os.PathLike):
+        return StructureRef(path=Path(item))
+    structure = _as_pymatgen(item)
+    return StructureRef(text=structure.to_json(), format="json")
+
+
+def _as_pymatgen(item: Any) -> Structure:
+    from pymatgen.core import Structure
+
+    if isinstance(item, Structure):
+        return item
+    if type(item).__name__ == "Atoms" and type(item).__module__.startswith("ase"):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        return AseAtomsAdaptor.get_structure(item)
+    raise TopoclassError(
+        f"cannot read a structure from a {type(item).__name__}: give a pymatgen Structure, "
+        "an ASE Atoms or the path of a structure file"
+    )
+
+
+def _with_id(material: Material, new_id: str) -> Material:
+    from dataclasses import replace
+
+    return replace(material, id=new_id)
