@@ -24,7 +24,7 @@ from pathlib import Path
 
 from topoclass.config import load_config
 from topoclass.data.datasets.tang2019 import tang2019_tasks
-from topoclass.train.loop import build_model
+from topoclass.trainer.loop import build_model
 
 
 def train_seconds(command: list[str], env: dict[str, str]) -> float:

@@ -36,13 +36,13 @@ from topoclass.config import load_config
 from topoclass.data.fingerprint import split_digest
 from topoclass.memory import memory_report
 from topoclass.model.inference import raw_outputs
-from topoclass.train.averaging import WeightAverage
-from topoclass.train.device import seed_everything
-from topoclass.train.loop import VALIDATION_BATCH, Trainer, build_model
-from topoclass.train.loss import MultitaskLoss
-from topoclass.train.schedule import LearningRateSchedule
-from topoclass.train.signals import StopRequest
-from topoclass.train.tracking import EpochLog, wanted_loggers
+from topoclass.trainer.averaging import WeightAverage
+from topoclass.trainer.device import seed_everything
+from topoclass.trainer.loop import VALIDATION_BATCH, Trainer, build_model
+from topoclass.trainer.loss import MultitaskLoss
+from topoclass.trainer.schedule import LearningRateSchedule
+from topoclass.trainer.signals import StopRequest
+from topoclass.trainer.tracking import EpochLog, wanted_loggers
 
 
 def trainer_run(config, prepared, split, scratch: Path) -> float:

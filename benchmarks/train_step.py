@@ -25,8 +25,8 @@ from torch import nn
 from topoclass.app.prepare import prepare_data
 from topoclass.config import load_config
 from topoclass.data.featureset import FeatureSet
-from topoclass.train.loop import build_model
-from topoclass.train.loss import MultitaskLoss
+from topoclass.trainer.loop import build_model
+from topoclass.trainer.loss import MultitaskLoss
 
 
 class PreviousConvolution(nn.Module):

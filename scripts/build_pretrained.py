@@ -33,7 +33,7 @@ from topoclass.app.runs import RunLayout, checkpoint_target
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import read_checkpoint
 from topoclass.config import config_from_dict, config_yaml, load_config
-from topoclass.train.averaging import inference_weights
+from topoclass.trainer.averaging import inference_weights
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PRETRAINED = REPOSITORY / "src" / "topoclass" / "pretrained"

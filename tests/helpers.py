@@ -178,9 +178,9 @@ def make_trainer(prepared, tmp_path: Path, **train: object):
     from topoclass.checkpoint.manager import CheckpointManager
     from topoclass.config import load_config
     from topoclass.data.fingerprint import split_digest
-    from topoclass.train.device import select_device
-    from topoclass.train.loop import Trainer
-    from topoclass.train.signals import StopRequest
+    from topoclass.trainer.device import select_device
+    from topoclass.trainer.loop import Trainer
+    from topoclass.trainer.signals import StopRequest
 
     overrides = {
         "model.hidden_dim": 16,

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"features"},
     {"data"},
     {"model", "checkpoint"},
-    {"train"},
+    {"trainer"},
     {"app"},
     {"api", "cli", "__init__", "__main__"},
 ]

@@ -18,7 +18,7 @@ from typing import Any
 from topoclass import __version__
 from topoclass.config import Config, load_config, parse_override
 from topoclass.errors import EXIT_RESUMABLE, ResumableStop, TopoclassError
-from topoclass.train.signals import StopRequested
+from topoclass.trainer.signals import StopRequested
 
 EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 1

@@ -7,7 +7,7 @@ from topoclass.config import ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.features.composition import encode_compositions, material_descriptors
 from topoclass.model.multitask import MultitaskModel
-from topoclass.train.loss import MultitaskLoss
+from topoclass.trainer.loss import MultitaskLoss
 
 TASKS = [
     TaskConfig(name="topological", classes=["trivial", "topological"]),

@@ -23,7 +23,7 @@ from topoclass.data.split import load_split, save_split
 from topoclass.files import atomic_write
 from topoclass.model.inference import predictions, raw_outputs
 from topoclass.tasks import score_tasks
-from topoclass.train.loop import VALIDATION_BATCH
+from topoclass.trainer.loop import VALIDATION_BATCH
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from topoclass.model.inference import raw_outputs
 from topoclass.model.multitask import MultitaskModel
 from topoclass.tasks import task_type
 from topoclass.threads import configure_threads
-from topoclass.train.averaging import inference_weights
-from topoclass.train.device import select_device
-from topoclass.train.loop import VALIDATION_BATCH, build_model
+from topoclass.trainer.averaging import inference_weights
+from topoclass.trainer.device import select_device
+from topoclass.trainer.loop import VALIDATION_BATCH, build_model
 
 logger = logging.getLogger(__name__)
 

@@ -43,10 +43,10 @@ from topoclass.errors import CheckpointError, ConfigError, DataError, ResumableS
 from topoclass.files import atomic_write
 from topoclass.model.inference import raw_outputs
 from topoclass.threads import configure_threads
-from topoclass.train.device import autocast_dtype, select_device
-from topoclass.train.loop import VALIDATION_BATCH, BatchFailedError, Trainer
-from topoclass.train.signals import EXIT_RESUMABLE, StopRequest, install_stop_handlers
-from topoclass.train.tracking import EpochLog, wanted_loggers
+from topoclass.trainer.device import autocast_dtype, select_device
+from topoclass.trainer.loop import VALIDATION_BATCH, BatchFailedError, Trainer
+from topoclass.trainer.signals import EXIT_RESUMABLE, StopRequest, install_stop_handlers
+from topoclass.trainer.tracking import EpochLog, wanted_loggers
 
 logger = logging.getLogger(__name__)
 

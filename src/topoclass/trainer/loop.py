@@ -43,11 +43,11 @@ from topoclass.memory import is_out_of_memory, memory_report, release_memory
 from topoclass.model.inference import move_batch, predictions, raw_outputs
 from topoclass.model.multitask import MultitaskModel
 from topoclass.tasks import score_tasks, task_type
-from topoclass.train.averaging import WeightAverage
-from topoclass.train.device import autocast_dtype, seed_everything
-from topoclass.train.loss import MultitaskLoss
-from topoclass.train.schedule import LearningRateSchedule
-from topoclass.train.signals import StopRequest
+from topoclass.trainer.averaging import WeightAverage
+from topoclass.trainer.device import autocast_dtype, seed_everything
+from topoclass.trainer.loss import MultitaskLoss
+from topoclass.trainer.schedule import LearningRateSchedule
+from topoclass.trainer.signals import StopRequest
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from tests.helpers import make_trainer
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import CheckpointManager, read_checkpoint
 from topoclass.errors import DivergedError, ResumableStop
-from topoclass.train import loop
-from topoclass.train.loop import BatchFailedError, Trainer
+from topoclass.trainer import loop
+from topoclass.trainer.loop import BatchFailedError, Trainer
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:

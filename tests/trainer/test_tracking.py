@@ -11,7 +11,7 @@ from tests.helpers import SYNTHETIC_CONFIG, run_cli, write_synthetic_table
 from topoclass.checkpoint.manager import CheckpointManager
 from topoclass.config import CheckpointConfig
 from topoclass.errors import ConfigError
-from topoclass.train.tracking import EpochLog, wanted_loggers
+from topoclass.trainer.tracking import EpochLog, wanted_loggers
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

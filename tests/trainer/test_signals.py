@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from topoclass.train.signals import EXIT_RESUMABLE, STOP_SIGNALS, install_stop_handlers
+from topoclass.trainer.signals import EXIT_RESUMABLE, STOP_SIGNALS, install_stop_handlers
 
 pytestmark = pytest.mark.integration  # starts topoclass processes
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration  # starts topoclass processes
 _LOOP = textwrap.dedent(
     """
     import sys, time
-    from topoclass.train.signals import EXIT_RESUMABLE, install_stop_handlers
+    from topoclass.trainer.signals import EXIT_RESUMABLE, install_stop_handlers
     ignore_flag = sys.argv[1] == "IGNORE_FLAG"
     try:
         with install_stop_handlers() as stop:

@@ -14,7 +14,7 @@ import torch
 from tests.helpers import run_cli, start_cli
 from topoclass.checkpoint.manager import CheckpointManager
 from topoclass.config import CheckpointConfig
-from topoclass.train.signals import EXIT_RESUMABLE
+from topoclass.trainer.signals import EXIT_RESUMABLE
 
 pytestmark = pytest.mark.integration  # kills real training processes
 
