@@ -109,7 +109,7 @@ def bundle_config(run: RunLayout):
     tree["run_dir"] = None
     tree["data"]["data_dir"] = None
     tree["data"]["cache_dir"] = None
-    tree["train"]["num_threads"] = None
+    tree["train"]["num_threads"] = 0  # the CPUs of the machine it runs on
     tree["checkpoint"]["dir"] = None
     return config_from_dict(tree)
 
@@ -142,11 +142,15 @@ def build(name: str, run_dir: Path, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=REPOSITORY) as scratch:
         full = evaluate_weights(run, torch.float32, Path(scratch))
         half = evaluate_weights(run, torch.float16, Path(scratch))
-    same = all(headline(full, s) == headline(half, s) for s in ("network", "served"))
-    dtype = torch.float16 if same else torch.float32
-    logging.info(
-        "half precision %s the test metrics: weights kept in %s", "keeps" if same else "changes", dtype
-    )
+    changed = {
+        source: (headline(full, source), headline(half, source))
+        for source in ("network", "served")
+        if headline(full, source) != headline(half, source)
+    }
+    dtype = torch.float32 if changed else torch.float16
+    for source, (fp32, fp16) in changed.items():
+        logging.info("half precision changes the %s test metrics: %s -> %s", source, fp32, fp16)
+    logging.info("weights kept in %s", dtype)
 
     if out.exists():
         shutil.rmtree(out)
@@ -182,7 +186,7 @@ def build(name: str, run_dir: Path, out: Path) -> None:
                 if "baseline_cell_facts" in reference
                 else {}
             ),
-            f"served, {metadata['weights_dtype']} weights": headline(half if same else full, "served"),
+            f"served, {metadata['weights_dtype']} weights": headline(full if changed else half, "served"),
         },
         "served_by": {
             task: rule["predictor"] for task, rule in storage.read_metadata(out / "serving")["rules"].items()

@@ -66,7 +66,7 @@ class StructureFeatures:
 
     @property
     def num_failed(self) -> int:
-        return int(np.count_nonzero(self.graph_index < 0))
+        return sum(reason is not None for reason in self.reason)
 
 
 def featurize_one(

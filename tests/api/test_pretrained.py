@@ -1,0 +1,102 @@
+"""The bundled models: each matches its card (files, SHA-256, stored outputs) and fails cleanly when stale."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+import topoclass as tc
+from tests.helpers import run_cli
+from topoclass.api import bundled_model_dir
+from topoclass.errors import CheckpointError
+
+BUNDLES = ["tang2019", "tqc2020"]
+
+
+def card_of(name: str) -> tuple[Path, dict]:
+    directory = bundled_model_dir(name)
+    return directory, json.loads((directory / "card.json").read_text())
+
+
+def assert_same_rows(frame, expected: list[dict]) -> None:
+    got = json.loads(frame.drop(columns="skipped").to_json(orient="records"))
+    assert len(got) == len(expected)
+    for row, stored in zip(got, expected, strict=True):
+        assert row.keys() == stored.keys()
+        for key, value in stored.items():
+            if isinstance(value, float):
+                assert math.isclose(row[key], value, abs_tol=1e-5), (row["formula"], key)
+            else:
+                assert row[key] == value, (row["formula"], key)
+
+
+def test_both_models_ship_with_the_package():
+    assert set(BUNDLES) <= set(tc.bundled_models())
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_bundle_files_match_the_sha256_on_its_card(name):
+    directory, card = card_of(name)
+    files = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()} - {"card.json"}
+    assert set(card["files"]) == files
+    for relative, digest in card["files"].items():
+        assert hashlib.sha256((directory / relative).read_bytes()).hexdigest() == digest, relative
+    size = sum((directory / relative).stat().st_size for relative in files)
+    assert size < 10.5 * 2**20, f"{name} bundle is {size / 2**20:.1f} MiB"
+    assert card["package_version"] == tc.__version__
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_known_materials_get_the_outputs_stored_on_the_card(name):
+    directory, card = card_of(name)
+    model = tc.load(name)
+    known = card["known_outputs"]
+    assert_same_rows(model.predict([r["formula"] for r in known], [r["spacegroup"] for r in known]), known)
+    examples = sorted((directory / "examples").glob("*.cif"))
+    assert_same_rows(model.predict_structures(examples), card["example_outputs"])
+
+
+def test_textbook_materials_are_classified_as_physics_says():
+    answers = tc.load("tang2019").predict(["Bi2Se3", "NaCl"], [166, 225]).set_index("formula")
+    assert answers.at["Bi2Se3", "topological"] == "topological"
+    assert answers.at["Bi2Se3", "topo_class"] == "TI"
+    assert answers.at["NaCl", "topological"] == "trivial"
+    from_structures = tc.load("tqc2020").predict_structures(
+        sorted(card_of("tqc2020")[0].glob("examples/*.cif"))
+    )
+    assert dict(zip(from_structures["formula"], from_structures["topo_class"], strict=True)) == {
+        "Bi2Se3": "TI",
+        "NaCl": "trivial",
+    }
+
+
+def test_a_bundle_that_does_not_fit_the_code_fails_in_one_line(tmp_path):
+    stale = tmp_path / "tang2019"
+    shutil.copytree(bundled_model_dir("tang2019"), stale)
+    config = stale / "config.yaml"
+    config.write_text(config.read_text().replace("hidden_dim: 128", "hidden_dim: 96"))
+    with pytest.raises(CheckpointError, match="does not fit this version of topoclass") as raised:
+        tc.load(stale)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.integration  # starts topoclass as a user would, right after installing it
+def test_predict_with_a_bundled_model_needs_no_data_and_no_training(tmp_path):
+    env = {"TOPOCLASS_DATA_DIR": str(tmp_path / "no-data-here")}
+    result = run_cli(
+        ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--spacegroup", "166"], tmp_path, **env
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert header.startswith("id,formula,spacegroup,topological,")
+    assert row.startswith("Bi2Se3,Bi2Se3,166,topological,")
+    assert not (tmp_path / "no-data-here").exists()
+    both = run_cli(
+        ["predict", str(tmp_path), "--model", "tang2019", "--formula", "X", "--spacegroup", "1"], tmp_path
+    )
+    assert both.returncode == 2 and "one of them" in both.stderr
