@@ -33,6 +33,7 @@ from topoclass.app.runs import RunLayout, checkpoint_target
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import read_checkpoint
 from topoclass.config import config_from_dict, config_yaml, load_config
+from topoclass.data.datasets import load_dataset
 from topoclass.trainer.averaging import inference_weights
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -52,6 +53,10 @@ BUNDLES: dict[str, dict[str, str]] = {
         "et al., Nature 566, 480 (2019)) as scraped in raymond-yiqunwang/deepKNet (MIT licence), with "
         "Materials Project crystal structures from fxcoudert/topology_databases (CC-BY 4.0). 14.2k "
         "materials with structures.",
+        "note": "Every training material had a structure: give structures (`predict_structures`). From "
+        "formula and space group alone the answers are outside what it learned (Si and GaAs come out "
+        "as semimetals below). `cross_type` is labelled for semimetals only and means something only "
+        "where `topo_class` is SM.",
     },
 }
 
@@ -92,7 +97,7 @@ def slim_checkpoint(run: RunLayout, destination: Path, dtype: torch.dtype) -> di
     weights = {name: tensor.to(dtype) for name, tensor in inference_weights(loaded.state).items()}
     metadata = {
         "config": bundle_config(run).to_dict(),
-        "tasks": loaded.metadata["tasks"],
+        "tasks": current_tasks(run, loaded.metadata["tasks"]),
         "package_version": topoclass.__version__,
         "code_revision": loaded.metadata.get("code_revision"),
         "trained_epochs": loaded.tag.epoch,
@@ -101,6 +106,18 @@ def slim_checkpoint(run: RunLayout, destination: Path, dtype: torch.dtype) -> di
     with storage.CheckpointStorage() as writer:
         writer.write(destination, {"model": weights}, metadata=metadata, epoch=loaded.tag.epoch, step=None)
     return metadata
+
+
+def current_tasks(run: RunLayout, saved: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The saved tasks, as the dataset defines them now: a run trained before a task gained its
+    coarse task (the hierarchy predictions are decided in) gets it, when the classes agree."""
+    defined = {task.name: task for task in load_dataset(run.read_config().data).tasks}
+    return [
+        defined[task["name"]].model_dump(mode="json")
+        if task["name"] in defined and defined[task["name"]].classes == task["classes"]
+        else task
+        for task in saved
+    ]
 
 
 def bundle_config(run: RunLayout):
@@ -176,6 +193,7 @@ def build(name: str, run_dir: Path, out: Path) -> None:
         "tasks": [task["name"] for task in metadata["tasks"]],
         "uses_structures": model.uses_structures,
         "data": BUNDLES[name]["data"],
+        "note": BUNDLES[name].get("note", ""),
         "split": split_note(run),
         "test_metrics": {
             "network": headline(reference, "network"),
@@ -250,7 +268,19 @@ def model_card(card: dict[str, Any]) -> str:
         ]
         lines.append(f"| {source} | " + " | ".join(cells) + " |")
     served = ", ".join(f"{task} by the {source}" for task, source in card["served_by"].items())
-    lines += ["", f"Served: {served}.", "", f"Reproduce: `{card['reproduce']}`", ""]
+    lines += ["", f"Served: {served}.", ""]
+    if card["note"]:
+        lines += [f"**Use.** {card['note']}", ""]
+    lines += ["**Known materials** (formula and space group only):", ""]
+    lines += ["| formula | space group | " + " | ".join(card["tasks"]) + " |"]
+    lines += ["|---|---:|" + "---|" * len(card["tasks"])]
+    for row in card["known_outputs"]:
+        answers = " | ".join(
+            f"{row[t]} ({max(v for k, v in row.items() if k.startswith(t + ':p(')):.2f})"
+            for t in card["tasks"]
+        )
+        lines.append(f"| {row['formula']} | {row['spacegroup']} | {answers} |")
+    lines += ["", f"Reproduce: `{card['reproduce']}`", ""]
     return "\n".join(lines)
 
 

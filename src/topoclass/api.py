@@ -9,6 +9,7 @@ The command line's ``predict`` and ``train`` go through these same calls.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from topoclass.data.records import Material, Reject
 
 __all__ = ["Predictor", "bundled_models", "load", "train"]
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_ROOT = Path(__file__).with_name("pretrained")
 PREDICTORS = ("network", "trees", "blend")
@@ -135,6 +138,12 @@ class Predictor:
         """
         from topoclass.data.records import Material
 
+        if self.uses_structures:
+            logger.warning(
+                "%s was trained on crystal structures: answers from formula and space group alone are "
+                "less reliable (predict_structures takes structures)",
+                self._run.layout.root.name,
+            )
         formulas = [formulas] if isinstance(formulas, str) else list(formulas)
         groups = [spacegroups] if isinstance(spacegroups, int) else list(spacegroups)
         if len(groups) != len(formulas):
@@ -247,7 +256,9 @@ def _as_pymatgen(item: Any) -> Structure:
 
     if isinstance(item, Structure):
         return item
-    if type(item).__name__ == "Atoms" and type(item).__module__.startswith("ase"):
+    from ase import Atoms
+
+    if isinstance(item, Atoms):
         from pymatgen.io.ase import AseAtomsAdaptor
 
         return AseAtomsAdaptor.get_structure(item)

@@ -52,10 +52,12 @@ def test_bad_calls_are_one_line_errors(model, tmp_path):
 
 def test_a_table_with_an_unreadable_row(model, tmp_path):
     table = tmp_path / "new.csv"
-    table.write_text("id,formula,spacegroup\nm1,Bi2Se3,166\nm2,SnTe,999\nm3,NaCl,225\n")
+    table.write_text("id,formula,spacegroup\nm1,Bi2Se3,166\nm2,SnTe,abc\nm3,NaCl,225\nm4,SnTe,999\n")
     frame = model.predict_table(table)
-    assert list(frame["id"]) == ["m1", "m3", "m2"]  # unreadable rows come last
-    assert "new.csv:3" in frame.at[2, "skipped"]
+    assert list(frame["id"]) == ["m1", "m3", "m4", "m2"]  # rows that cannot be read come last
+    assert frame["skipped"].eq("").tolist() == [True, True, False, False]
+    assert "new.csv:5" in frame.at[2, "skipped"] and "999" in frame.at[2, "skipped"]
+    assert "new.csv:3" in frame.at[3, "skipped"]
 
 
 def test_train_from_a_dict_returns_a_run_that_loads(tmp_path):

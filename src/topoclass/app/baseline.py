@@ -19,6 +19,7 @@ import torch
 
 from topoclass.data.featureset import FeatureSet
 from topoclass.features.composition import MAX_Z, element_property_table
+from topoclass.features.graph import NUM_CELL_FACTS
 from topoclass.features.symmetry import spacegroup_feature_table
 from topoclass.tasks import score_tasks, task_type
 
@@ -54,11 +55,19 @@ def baseline_features(features: FeatureSet, *, use_structure: bool = False) -> n
     ).astype(np.float32)
 
 
+def tree_inputs(features: FeatureSet, *, use_structure: bool, with_cell_facts: bool) -> np.ndarray:
+    """What the trees read: the network's inputs flattened, plus the cell facts when asked."""
+    x = baseline_features(features, use_structure=use_structure)
+    if with_cell_facts:
+        x = np.hstack([x, cell_fact_features(features)]).astype(np.float32)
+    return x
+
+
 def cell_fact_features(features: FeatureSet) -> np.ndarray:
     """The structure encoder's cell facts per material, [N, NUM_CELL_FACTS]; NaN without a structure
-    (the trees treat NaN as missing)."""
+    (the trees treat NaN as missing), also for materials predicted from formula and space group."""
     if features.graphs is None:
-        raise ValueError("cell facts need crystal structures; this dataset has none")
+        return np.full((len(features), NUM_CELL_FACTS), np.nan, dtype=np.float32)
     facts = features.graphs.cell_facts().numpy()
     row = features.graph_index.numpy()
     return np.where((row >= 0)[:, None], facts[np.clip(row, 0, None)], np.nan)
@@ -88,9 +97,7 @@ def fit_and_evaluate_baseline(
     """Fit one boosted-tree model per task on train (early-stopped on val); metrics on ``eval_split``."""
     import lightgbm as lgb
 
-    x = baseline_features(features, use_structure=use_structure)
-    if with_cell_facts:
-        x = np.hstack([x, cell_fact_features(features)]).astype(np.float32)
+    x = tree_inputs(features, use_structure=use_structure, with_cell_facts=with_cell_facts)
     labels = features.labels.numpy()
     outputs: dict[str, np.ndarray] = {}
     rows = {name: idx.numpy() for name, idx in split.items()}

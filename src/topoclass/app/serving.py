@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from topoclass import __version__
-from topoclass.app.baseline import TREE_PARAMS, baseline_features, cell_fact_features
+from topoclass.app.baseline import TREE_PARAMS, tree_inputs
 from topoclass.app.runs import RunLayout
 from topoclass.calibration import (
     apply_temperature,
@@ -149,14 +149,6 @@ def _allowed(task: TaskConfig, coarse: TaskConfig) -> np.ndarray:
     return np.array(
         [[parent[name] == coarse_class for name in fine] for coarse_class in coarse.classes or []]
     )
-
-
-def tree_inputs(features: FeatureSet, *, use_structure: bool, with_cell_facts: bool) -> np.ndarray:
-    """What the trees read: the network's inputs flattened, plus the cell facts for structure runs."""
-    x = baseline_features(features, use_structure=use_structure)
-    if with_cell_facts:
-        x = np.hstack([x, cell_fact_features(features)]).astype(np.float32)
-    return x
 
 
 def _tree_predictions(task: TaskConfig, booster: Any, x: np.ndarray) -> np.ndarray:
