@@ -1,0 +1,79 @@
+"""How long a user waits for predictions, from a cold process, with the bundled ``tang2019`` model.
+
+Each command runs in a fresh interpreter, as typed at a shell; the reference, measured in the
+same run, is the floor every PyTorch program pays: starting Python and importing ``torch``.
+The table holds 10,000 Tang 2019 formulas with their space groups.
+
+Usage: ``python benchmarks/predict_latency.py [--repeats 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cli_runner import topoclass
+
+
+def import_floor() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - started
+
+
+def write_table(data_dir: Path, path: Path, rows: int) -> Path:
+    """``rows`` formulas and space groups from the Tang 2019 files (``SPACEGROUP, FORMULA`` lines)."""
+    lines = ["formula,spacegroup"]
+    for source in sorted((data_dir / "tang2019").glob("*_ccmp.txt")):
+        for line in source.read_text().splitlines():
+            group, _, formula = line.partition(",")
+            if formula.strip():
+                lines.append(f"{formula.strip()},{group.strip()}")
+    path.write_text("\n".join(lines[: rows + 1]) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=os.environ.get("TOPOCLASS_DATA_DIR"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=10_000)
+    args = parser.parse_args()
+    if not args.data_dir:
+        sys.exit("give --data-dir or set TOPOCLASS_DATA_DIR")
+    env = dict(os.environ)
+    one = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--spacegroup", "166"]
+    with tempfile.TemporaryDirectory() as scratch:
+        table = write_table(Path(args.data_dir), Path(scratch) / "table.csv", args.rows)
+        many = ["predict", "--model", "tang2019", "--table", str(table), "-o", f"{scratch}/out.csv"]
+        commands = {
+            "topoclass --help": ["--help"],
+            "predict one formula (served)": one,
+            "predict one formula (--predictor network)": [*one, "--predictor", "network"],
+            f"predict --table, {args.rows:,} formulas (served)": many,
+            f"predict --table, {args.rows:,} formulas (--predictor network)": [
+                *many,
+                "--predictor",
+                "network",
+            ],
+        }
+        times: dict[str, list[float]] = {name: [] for name in ["python + import torch", *commands]}
+        for _ in range(args.repeats):
+            times["python + import torch"].append(import_floor())
+            for name, command in commands.items():
+                times[name].append(topoclass(command, env)[1])
+    floor = statistics.median(times["python + import torch"])
+    print(f"cold-process wall time, median of {args.repeats}:")
+    for name, values in times.items():
+        seconds = statistics.median(values)
+        print(f"  {name:48s} {seconds:6.2f} s  ({seconds / floor:.1f}x python + import torch)")
+
+
+if __name__ == "__main__":
+    main()
