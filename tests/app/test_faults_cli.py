@@ -115,7 +115,7 @@ def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_exact_resume_in_reduced_precision(tmp_path, precision):
-    from tests.train.test_crash_resume import assert_identical, final_model, train_args
+    from tests.trainer.test_crash_resume import assert_identical, final_model, train_args
 
     table = write_synthetic_table(tmp_path / "t.csv", 240)
     config = write_small_config(
