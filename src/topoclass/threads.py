@@ -78,12 +78,17 @@ def choose_threads(setting: int, local_processes: int = 1) -> tuple[int, str]:
     return share, f"{cpus} CPU"
 
 
-def configure_threads(setting: int, local_processes: int = 1) -> int:
-    """Set PyTorch's thread count once for this process, and say so."""
+def configure_threads(setting: int, local_processes: int = 1, *, announce: bool = True) -> int:
+    """Set PyTorch's thread count once for this process, and say so (in the debug log only when
+    not ``announce``: prediction's output stays the predictions)."""
     threads, reason = choose_threads(setting, local_processes)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    logger.info(
-        "Using %d CPU thread%s (%s; train.num_threads overrides)", threads, "s" * (threads > 1), reason
+    logger.log(
+        logging.INFO if announce else logging.DEBUG,
+        "Using %d CPU thread%s (%s; train.num_threads overrides)",
+        threads,
+        "s" * (threads > 1),
+        reason,
     )
     return threads

@@ -1,3 +1,6 @@
+import dataclasses
+
+import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from topoclass.config import GraphConfig
@@ -54,8 +57,6 @@ def test_a_formula_only_run_reads_structures_only_to_derive_formula_or_space_gro
 
 
 def test_a_material_whose_features_are_not_finite_is_rejected_by_id(tmp_path, monkeypatch):
-    import numpy as np
-
     import topoclass.data.build as build
     from topoclass.config import DataConfig, TaskConfig
     from topoclass.data.build import prepare_dataset
@@ -77,3 +78,43 @@ def test_a_material_whose_features_are_not_finite_is_rejected_by_id(tmp_path, mo
     assert prepared.features.ids == ["a", "c"]
     assert [(r.id, r.category) for r in prepared.rejects] == [("b", "non_finite_features")]
     assert prepared.counts["kept"] == 2 and prepared.counts["non_finite_features"] == 1
+
+
+def test_a_material_whose_crystal_graph_is_not_finite_is_rejected_by_id(tmp_path, monkeypatch):
+    import topoclass.features.structure_pipeline as pipeline
+    from topoclass.config import DataConfig, TaskConfig
+    from topoclass.data.build import prepare_dataset
+
+    rows = ["id,structure,topo"]
+    for name, a in (("a", 5.6), ("b", 6.3), ("c", 7.0)):
+        structure = Structure.from_spacegroup(
+            "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+        )
+        (tmp_path / f"{name}.vasp").write_text(structure.to(fmt="poscar"))
+        rows.append(f"{name},{name}.vasp,{'xy'[name == 'b']}")
+    table = tmp_path / "t.csv"
+    table.write_text("\n".join(rows) + "\n")
+    original = pipeline.laplacian_spectra
+
+    def poisoned(graphs, k, **kwargs):
+        spectra = original(graphs, k, **kwargs)
+        return [
+            # Nearest neighbours a/2 apart tell b's graph; its spectrum may be shared, so copied.
+            dataclasses.replace(s, eigenvectors=np.full_like(s.eigenvectors, np.nan))
+            if abs(g.edge_distance.min() - 6.3 / 2) < 0.01
+            else s
+            for g, s in zip(graphs, spectra, strict=True)
+        ]
+
+    monkeypatch.setattr(pipeline, "laplacian_spectra", poisoned)
+    config = DataConfig(
+        dataset="table",
+        table=table,
+        use_structure=True,
+        featurize_workers=1,
+        tasks=[TaskConfig(name="topo")],
+        cache_dir=tmp_path / "c",
+    )
+    prepared = prepare_dataset(config)
+    assert [(r.id, r.category) for r in prepared.rejects] == [("b", "non_finite_features")]
+    assert prepared.features.ids == ["a", "c"] and prepared.counts["non_finite_features"] == 1

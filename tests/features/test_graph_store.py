@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load, save
 
 from topoclass.features.graph import CrystalGraph
-from topoclass.features.graph_store import GraphStore
+from topoclass.features.graph_store import GraphStore, GraphStoreWriter
 from topoclass.features.spectral import laplacian_spectra
 
 K = 4
@@ -93,3 +93,26 @@ def test_empty_store_and_bad_indices(store_and_parts):
     assert len(GraphStore.from_tensors(empty.to_tensors())) == 0
     with pytest.raises(IndexError):
         store_and_parts[0].batch([7])
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_writer_packs_its_chunks_like_one_store(tmp_path, on_disk):
+    graphs = random_graphs(9, seed=1)
+    spectra = laplacian_spectra(graphs, K, device="cpu")
+    writer = GraphStoreWriter(K, tmp_path / "parts" if on_disk else None)
+    writer.add(graphs[:4], spectra[:4])
+    writer.add(graphs[4:], spectra[4:])
+    expected = GraphStore.from_graphs(graphs, spectra).to_tensors()
+    for name, tensor in writer.store().to_tensors().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert writer.finite().tolist() == [True] * 9
+
+
+def test_a_writer_knows_which_graphs_are_not_finite():
+    graphs = random_graphs(5, seed=2)
+    spectra = laplacian_spectra(graphs, K, device="cpu")
+    graphs[1].edge_distance[-1] = np.nan
+    spectra[3].eigenvectors[0, 0] = np.inf
+    writer = GraphStoreWriter(K)
+    writer.add(graphs, spectra)
+    assert writer.finite().tolist() == [True, False, True, False, True]

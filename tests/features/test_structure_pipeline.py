@@ -13,6 +13,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from topoclass.config import GraphConfig
 from topoclass.data.records import StructureRef
 from topoclass.features.graph import build_crystal_graph
+from topoclass.features.graph_store import GraphStoreWriter
 from topoclass.features.structure_pipeline import featurize_structures
 
 GRAPH = GraphConfig()
@@ -112,3 +113,13 @@ def test_the_progress_bar_is_drawn_only_on_a_terminal(tmp_path, capsys):
     assert "featurizing structures" not in capsys.readouterr().err
     featurize_structures(refs, GRAPH, workers=1, device="cpu", progress=True)
     assert "featurizing structures" in capsys.readouterr().err
+
+
+def test_graphs_go_to_the_writer_given_even_while_it_is_empty(tmp_path):
+    refs, _ = mixed_refs(tmp_path)
+    writer = GraphStoreWriter(GRAPH.spectral_k, tmp_path / "parts")
+    features = featurize_structures(refs, GRAPH, workers=1, progress=False, device="cpu", writer=writer)
+    in_memory = featurize_structures(refs, GRAPH, workers=1, progress=False, device="cpu")
+    assert len(writer) == 19 and (tmp_path / "parts" / "edge_distance").stat().st_size > 0
+    for name, tensor in in_memory.store.to_tensors().items():
+        assert np.array_equal(tensor.numpy(), features.store.to_tensors()[name].numpy()), name

@@ -49,7 +49,7 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
     its serving rules."""
     layout = RunLayout.open(Path(run_dir))
     config = layout.read_config()
-    configure_threads(config.train.num_threads)
+    configure_threads(config.train.num_threads, announce=False)
     target = select_device(device)
     path, loaded = _read_best(layout)
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]

@@ -312,7 +312,10 @@ class CheckpointManager:
 
     def check_room(self, checkpoint_bytes: int) -> None:
         """Fail before any work when the folder cannot hold two checkpoints (the next and the last)."""
-        free = shutil.disk_usage(self.directory).free
+        existing = self.directory
+        while not existing.exists() and existing != existing.parent:  # a new run's folder is made later
+            existing = existing.parent
+        free = shutil.disk_usage(existing).free
         if free < 2 * checkpoint_bytes:
             raise CheckpointError(
                 f"{self.directory}: {free / 1e6:.0f} MB free, but two checkpoints need about "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from topoclass.config import DataConfig, GraphConfig, TaskConfig
@@ -190,7 +191,8 @@ def _featurize(
         graphs=structured.graphs,
         graph_rows=[row_of.get(m.id, -1) for m in materials],
     )
-    finite = finite_rows(features)
+    # The writer checked each graph as it was written; asking the store would read them all back.
+    finite = finite_rows(features, finite_graphs=writer.finite() if writer is not None else None)
     if not bool(finite.all()):
         # A NaN in one material's features would poison every step it is drawn in: leave it out, say so.
         bad = set(torch.nonzero(~finite).squeeze(1).tolist())
@@ -211,22 +213,29 @@ def _featurize(
     return features, cleaned.rejects, cleaned.counts
 
 
-def finite_rows(features: FeatureSet) -> torch.Tensor:
-    """Which materials' features are all finite, [N] bool (their crystal graph's included)."""
+def finite_rows(features: FeatureSet, *, finite_graphs: np.ndarray | None = None) -> torch.Tensor:
+    """Which materials' features are all finite, [N] bool (their crystal graph's included).
+
+    ``finite_graphs`` says which of ``features.graphs`` are finite where that is already known
+    (:meth:`GraphStoreWriter.finite`); otherwise the graphs are checked here.
+    """
     finite = torch.isfinite(features.descriptors).all(dim=1) & torch.isfinite(features.element_fraction).all(
         dim=1
     )
     graphs = features.graphs
-    if graphs is not None and len(graphs):
+    if graphs is None or not len(graphs):
+        return finite
+    if finite_graphs is not None:
+        broken = ~torch.from_numpy(np.asarray(finite_graphs, dtype=bool))
+    else:
         node_graph = torch.repeat_interleave(torch.arange(len(graphs)), graphs.node_ptr.diff())
         edge_graph = torch.repeat_interleave(torch.arange(len(graphs)), graphs.edge_ptr.diff())
         broken = torch.zeros(len(graphs), dtype=torch.bool)
         broken[node_graph[~torch.isfinite(graphs.eigenvectors).all(dim=1)]] = True
         broken[edge_graph[~torch.isfinite(graphs.edge_distance)]] = True
         broken |= ~torch.isfinite(graphs.eigenvalues).all(dim=1)
-        has_graph = features.graph_index >= 0
-        finite &= ~(has_graph & broken[features.graph_index.clamp_min(0)])
-    return finite
+    has_graph = features.graph_index >= 0
+    return finite & ~(has_graph & broken[features.graph_index.clamp_min(0)])
 
 
 def _record_fingerprint(material: Material) -> list[Any]:

@@ -39,7 +39,9 @@ CACHE_FORMAT_VERSION = 1
 _TENSORS = "features.safetensors"
 _META = "meta.json"
 _MANIFEST = "MANIFEST.json"
-_BLOCK = 8 << 20
+# Bytes read at a time when copying or hashing files; small, so a featurization's peak memory
+# does not grow with the size of its cache file.
+_BLOCK = 1 << 20
 
 
 def begin_entry(directory: Path) -> Path | None:

@@ -119,9 +119,13 @@ def _facts(formula: str, number: int) -> tuple[float, ...]:
     return _cell_facts(counts, electrons, number)
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 12)
 def _cell_facts(counts: tuple[int, ...], electrons: int, number: int) -> tuple[float, ...]:
-    """The facts depend on a formula only through its atom counts and electrons: many formulas share them."""
+    """The facts depend on a formula only through its atom counts and electrons: many formulas share them.
+
+    The cache is bounded (about 2 MB full, 0.5 kB an entry): it lives as long as the process,
+    and a dataset's materials are mostly distinct keys.
+    """
     sums = _wyckoff_sums(number)
     smallest_site = math.log2(min(wyckoff_multiplicities(number)))
     candidates = np.arange(1, _MAX_FORMULA_UNITS + 1)

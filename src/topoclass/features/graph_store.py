@@ -9,6 +9,7 @@ anything but the requested slices.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -160,6 +161,8 @@ class GraphStore:
         return batch
 
 
+_COPY_BLOCK = 1 << 20  # bytes read at a time when joining part files
+
 # What a writer keeps per graph chunk, with the dtype of its raw file.
 _PARTS: dict[str, np.dtype] = {
     "atomic_numbers": np.dtype(np.int64),
@@ -186,6 +189,7 @@ class GraphStoreWriter:
         self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in _PARTS}
         self._node_counts: list[np.ndarray] = []
         self._edge_counts: list[np.ndarray] = []
+        self._finite: list[np.ndarray] = []
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             for name in _PARTS:
@@ -207,8 +211,15 @@ class GraphStoreWriter:
             "eigenvalue_mask": np.stack([s.mask for s in spectra]),
             "eigenvectors": np.concatenate([s.eigenvectors for s in spectra]),
         }
-        self._node_counts.append(np.array([g.num_nodes for g in graphs], dtype=np.int64))
-        self._edge_counts.append(np.array([g.num_edges for g in graphs], dtype=np.int64))
+        node_counts = np.array([g.num_nodes for g in graphs], dtype=np.int64)
+        edge_counts = np.array([g.num_edges for g in graphs], dtype=np.int64)
+        self._node_counts.append(node_counts)
+        self._edge_counts.append(edge_counts)
+        self._finite.append(
+            np.isfinite(arrays["eigenvalues"]).all(axis=1)
+            & _all_per_graph(np.isfinite(arrays["eigenvectors"]).all(axis=1), node_counts)
+            & _all_per_graph(np.isfinite(arrays["edge_distance"]), edge_counts)
+        )
         for name, array in arrays.items():
             array = np.ascontiguousarray(array, dtype=_PARTS[name])
             if self.directory is None:
@@ -239,6 +250,14 @@ class GraphStoreWriter:
             ptrs[name] = torch.from_numpy(np.concatenate([[0], np.cumsum(joined)]).astype(np.int64))
         return ptrs
 
+    def finite(self) -> np.ndarray:
+        """Whether each graph added holds only finite distances and spectra, [len(self)] bool.
+
+        Known from each chunk as it is added: checking a store on disk afterwards would page
+        every graph of the dataset into memory.
+        """
+        return np.concatenate(self._finite) if self._finite else np.zeros(0, dtype=bool)
+
     def has_files_for(self, store: GraphStore | None) -> bool:
         """Whether ``store`` is this writer's, written to files (so its parts can be streamed)."""
         return self.directory is not None and store is not None and len(self) > 0 and len(store) == len(self)
@@ -268,8 +287,29 @@ class GraphStoreWriter:
             if not name.startswith("edge_")
         }
         tensors["edge_distance"] = torch.from_numpy(np.asarray(arrays["edge_distance"]))
-        tensors["edge_index"] = torch.from_numpy(np.stack([arrays["edge_source"], arrays["edge_target"]]))
+        if self.directory is None or shapes["edge_source"][0] == 0:
+            edge_index = np.stack([arrays["edge_source"], arrays["edge_target"]])
+        else:
+            edge_index = _joined_edge_file(self.directory, shapes["edge_source"][0])
+        tensors["edge_index"] = torch.from_numpy(np.asarray(edge_index))
         return GraphStore({**tensors, **self.pointers()})
+
+
+def _all_per_graph(flags: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per graph, whether all its ``counts[g]`` consecutive ``flags`` hold (True for none)."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    return np.bincount(owner[~flags], minlength=len(counts)) == 0
+
+
+def _joined_edge_file(directory: Path, edges: int) -> np.memmap:
+    """The edges in ``directory`` as one [2, E] array, memory-mapped from a file of both rows:
+    stacking the two files in memory would hold every edge of the dataset at once."""
+    path = directory / "edge_index"
+    with path.open("wb") as out:
+        for name in ("edge_source", "edge_target"):
+            with (directory / name).open("rb") as source:
+                shutil.copyfileobj(source, out, _COPY_BLOCK)
+    return np.memmap(path, dtype=_PARTS["edge_source"], mode="c", shape=(2, edges))
 
 
 def _ranges(ptr: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

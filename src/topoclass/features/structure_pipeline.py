@@ -135,8 +135,9 @@ def featurize_structures(
     workers = workers or available_cpus()[0]
     if progress is None:
         progress = sys.stderr.isatty()
-    writer = writer or GraphStoreWriter(graph.spectral_k)
-    cache = spectral_cache or SpectralCache()
+    # Not `writer or ...`: writers and caches have a length, so an empty one passed in is falsy.
+    writer = writer if writer is not None else GraphStoreWriter(graph.spectral_k)
+    cache = spectral_cache if spectral_cache is not None else SpectralCache()
     formulas: list[str | None] = []
     spacegroups: list[int | None] = []
     reasons: list[str | None] = []
