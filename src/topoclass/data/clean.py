@@ -15,16 +15,12 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
-
-from pymatgen.core import Element
 
 from topoclass.config import TaskConfig
 from topoclass.data.records import LabelValue, Material, Reject
 from topoclass.errors import DataError
-from topoclass.features.composition import quiet_electronegativity
-from topoclass.features.formula import composition
+from topoclass.features.formula import parse_formula
 from topoclass.files import atomic_write
 from topoclass.tasks import label_text, task_type
 
@@ -55,14 +51,12 @@ class CleanResult:
     tasks: list[TaskConfig]
 
 
-@lru_cache(maxsize=1 << 16)
 def formula_key(formula: str) -> str:
     """Canonical text of the reduced composition: equal for ``Bi2Se3`` and ``Bi4Se6``.
 
     Raises ``ValueError`` when pymatgen cannot parse the formula.
     """
-    with quiet_electronegativity():
-        return composition(formula).reduced_composition.alphabetical_formula
+    return parse_formula(formula).reduced_formula
 
 
 def clean_materials(
@@ -115,15 +109,15 @@ def record_problem(material: Material, tasks: Sequence[TaskConfig]) -> Reject | 
     if not formula:
         return reject("bad_formula", "formula: missing")
     try:
-        parsed = composition(formula)
+        parsed = parse_formula(formula)
     except (ValueError, KeyError, TypeError) as exc:
         return reject("bad_formula", f"formula: '{formula}' is not a chemical formula ({exc})")
     if parsed.num_atoms <= 0:
         return reject("bad_formula", f"formula: '{formula}' has no atoms")
-    unknown = [str(species) for species in parsed.elements if not isinstance(species, Element)]
-    if unknown:
+    if parsed.not_elements:
         return reject(
-            "unknown_element", f"formula: '{formula}' contains {', '.join(unknown)}, not an element"
+            "unknown_element",
+            f"formula: '{formula}' contains {', '.join(parsed.not_elements)}, not an element",
         )
     if material.spacegroup is None:
         return reject("bad_spacegroup", "spacegroup: missing")

@@ -18,7 +18,7 @@ import numpy as np
 from pymatgen.core import Element
 
 from topoclass.features.filling import NUM_FILLING_FACTS, filling_facts
-from topoclass.features.formula import composition
+from topoclass.features.formula import parse_formula
 
 MAX_Z = 118  # every element pymatgen knows; missing properties are filled and flagged
 
@@ -95,8 +95,7 @@ def element_property_table() -> np.ndarray:
 
 def parse_composition(formula: str) -> dict[int, float]:
     """Atomic number -> atomic fraction. Raises ValueError for unparsable formulas."""
-    fractions = composition(formula).fractional_composition
-    return {element.Z: float(amount) for element, amount in fractions.items()}
+    return dict(parse_formula(formula).fractions)
 
 
 @contextmanager
@@ -127,10 +126,9 @@ def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
     """
     rows = []
     for formula in formulas:
-        parsed = composition(formula)
-        reduced = parsed.reduced_composition
-        electrons = round(sum(el.Z * amount for el, amount in parsed.items()))
-        reduced_electrons = round(sum(el.Z * amount for el, amount in reduced.items()))
+        parsed = parse_formula(formula)
+        electrons = round(sum(z * amount for z, amount in parsed.amounts))
+        reduced_electrons = round(sum(z * amount for z, amount in parsed.reduced))
         atoms = parsed.num_atoms
         rows.append(
             [
@@ -138,10 +136,10 @@ def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
                 electrons % 4 / 3,
                 reduced_electrons % 2,
                 round(atoms) % 2,
-                round(reduced.num_atoms) % 2,
+                round(parsed.reduced_num_atoms) % 2,
                 math.log(atoms),
-                math.log(reduced.num_atoms),
-                len(parsed) / 8,
+                math.log(parsed.reduced_num_atoms),
+                len(parsed.amounts) / 8,
             ]
         )
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_FORMULA_FACTS)

@@ -26,7 +26,7 @@ from importlib.resources import files
 
 import numpy as np
 
-from topoclass.features.formula import composition
+from topoclass.features.formula import parse_formula
 from topoclass.features.symmetry import symmetry_operations
 
 NUM_FILLING_FACTS = 7
@@ -113,9 +113,9 @@ def filling_facts(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.nda
 
 
 def _facts(formula: str, number: int) -> tuple[float, ...]:
-    reduced = composition(formula).reduced_composition
-    counts = tuple(sorted(round(amount) for amount in reduced.values()))
-    electrons = round(sum(element.Z * amount for element, amount in reduced.items()))
+    reduced = parse_formula(formula).reduced
+    counts = tuple(sorted(round(amount) for _, amount in reduced))
+    electrons = round(sum(z * amount for z, amount in reduced))
     return _cell_facts(counts, electrons, number)
 
 
