@@ -95,7 +95,8 @@ def element_property_table() -> np.ndarray:
 
 def parse_composition(formula: str) -> dict[int, float]:
     """Atomic number -> atomic fraction. Raises ValueError for unparsable formulas."""
-    return dict(parse_formula(formula).fractions)
+    parsed = parse_formula(formula)
+    return dict(zip(parsed.atomic_numbers, parsed.fractions, strict=True))
 
 
 @contextmanager
@@ -127,9 +128,7 @@ def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
     rows = []
     for formula in formulas:
         parsed = parse_formula(formula)
-        electrons = round(sum(z * amount for z, amount in parsed.amounts))
-        reduced_electrons = round(sum(z * amount for z, amount in parsed.reduced))
-        atoms = parsed.num_atoms
+        electrons, reduced_electrons, atoms = parsed.electrons, parsed.reduced_electrons, parsed.num_atoms
         rows.append(
             [
                 electrons % 2,
@@ -139,7 +138,7 @@ def composition_descriptors(formulas: Sequence[str]) -> np.ndarray:
                 round(parsed.reduced_num_atoms) % 2,
                 math.log(atoms),
                 math.log(parsed.reduced_num_atoms),
-                len(parsed.amounts) / 8,
+                len(parsed.atomic_numbers) / 8,
             ]
         )
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_FORMULA_FACTS)

@@ -113,10 +113,8 @@ def filling_facts(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.nda
 
 
 def _facts(formula: str, number: int) -> tuple[float, ...]:
-    reduced = parse_formula(formula).reduced
-    counts = tuple(sorted(round(amount) for _, amount in reduced))
-    electrons = round(sum(z * amount for z, amount in reduced))
-    return _cell_facts(counts, electrons, number)
+    parsed = parse_formula(formula)
+    return _cell_facts(parsed.reduced_counts, parsed.reduced_electrons, number)
 
 
 @lru_cache(maxsize=1 << 12)
