@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -110,6 +111,17 @@ def start_cli(
         text=True,
         env=cli_env(tmp_path, **env),
     )
+
+
+def signal_on_line(process: subprocess.Popen, marker: str, signum: int = signal.SIGTERM) -> str:
+    """Send ``signum`` to ``process`` once a line containing ``marker`` is printed; return all output."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signum)
+            break
+    return "".join(seen) + process.stdout.read()
 
 
 class _Weights:

@@ -10,7 +10,14 @@ import time
 import pytest
 
 from tests.app.test_training_lifecycle import read_only
-from tests.helpers import run_cli, start_cli, train_synthetic_run, write_small_config, write_synthetic_table
+from tests.helpers import (
+    run_cli,
+    signal_on_line,
+    start_cli,
+    train_synthetic_run,
+    write_small_config,
+    write_synthetic_table,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -128,12 +135,8 @@ def test_exact_resume_in_reduced_precision(tmp_path, precision):
     assert run_cli(train_args(config, reference), tmp_path).returncode == 0
     stopped = tmp_path / "stopped"
     process = start_cli(train_args(config, stopped), tmp_path)
-    for line in process.stdout:
-        if "Starting epoch 2" in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    process.stdout.read()
-    assert process.wait() == 75
+    output = signal_on_line(process, "Starting epoch 2")
+    assert process.wait() == 75, output
     resumed = run_cli(["resume", str(stopped)], tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_identical(final_model(reference), final_model(stopped))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_cli, start_cli
+from tests.helpers import run_cli, signal_on_line, start_cli
 from topoclass.checkpoint.manager import CheckpointManager
 from topoclass.config import CheckpointConfig
 from topoclass.trainer.signals import EXIT_RESUMABLE
@@ -114,11 +114,7 @@ def test_sigterm_stops_with_resumable_exit_code_and_resume_is_exact(synthetic_co
 
     stopped = tmp_path / "stopped"
     process = start_cli(train_args(config, stopped), tmp_path)
-    for line in process.stdout:
-        if "Starting epoch 2" in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    output = process.stdout.read()
+    output = signal_on_line(process, "Starting epoch 2")
     assert process.wait() == EXIT_RESUMABLE, output
     assert "Stop requested (SIGTERM)" in output
     (mid_epoch,) = (stopped / "checkpoints").glob("checkpoint_epoch_2_step_*")
