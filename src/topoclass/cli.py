@@ -110,13 +110,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if (args.run is None) == (args.model is None):
         raise TopoclassError("predict needs a run directory or --model NAME (one of them)")
     one = args.formula is not None or args.spacegroup is not None
-    if args.table is not None and one:
-        raise TopoclassError("predict takes --table or --formula with --spacegroup, not both")
-    if args.table is None and (args.formula is None or args.spacegroup is None):
-        raise TopoclassError("predict needs --formula and --spacegroup, or --table")
+    given = [args.table is not None, one, bool(args.structure)]
+    if sum(given) != 1:
+        raise TopoclassError("predict takes one of: --formula with --spacegroup, --table, --structure")
+    if one and (args.formula is None or args.spacegroup is None):
+        raise TopoclassError("predict needs --formula and --spacegroup together")
     model = load(args.run or args.model)
     if args.table is not None:
         frame = model.predict_table(args.table, predictor=args.predictor)
+    elif args.structure:
+        frame = model.predict_structures(args.structure, predictor=args.predictor)
     else:
         frame = model.predict(args.formula, args.spacegroup, predictor=args.predictor)
     skipped = frame[frame["skipped"] != ""]
@@ -246,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--formula")
     predict.add_argument("--spacegroup", type=int)
     predict.add_argument("--table", type=Path, help="CSV/TSV/JSONL with formula and spacegroup columns")
+    predict.add_argument(
+        "--structure", type=Path, nargs="+", help="CIF, POSCAR, extxyz or pymatgen-JSON files"
+    )
     predict.add_argument("--output", "-o", type=Path, help="CSV file (default: standard output)")
     predict.add_argument(
         "--predictor",

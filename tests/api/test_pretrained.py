@@ -100,3 +100,19 @@ def test_predict_with_a_bundled_model_needs_no_data_and_no_training(tmp_path):
         ["predict", str(tmp_path), "--model", "tang2019", "--formula", "X", "--spacegroup", "1"], tmp_path
     )
     assert both.returncode == 2 and "one of them" in both.stderr
+
+
+@pytest.mark.integration
+def test_predict_from_structure_files_on_the_command_line(tmp_path):
+    directory, card = card_of("tqc2020")
+    examples = [str(path) for path in sorted((directory / "examples").glob("*.cif"))]
+    output = tmp_path / "out.csv"
+    result = run_cli(["predict", "--model", "tqc2020", "--structure", *examples, "-o", str(output)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    import pandas as pd
+
+    assert_same_rows(pd.read_csv(output).assign(skipped=""), card["example_outputs"])
+    mixed = run_cli(
+        ["predict", "--model", "tqc2020", "--structure", examples[0], "--table", "t.csv"], tmp_path
+    )
+    assert mixed.returncode == 2 and "one of" in mixed.stderr
