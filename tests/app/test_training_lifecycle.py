@@ -219,4 +219,4 @@ def test_predict_counts_what_it_wrote_and_takes_one_kind_of_input(workspace):
     both = run_cli(
         ["predict", str(run), "--table", str(table), "--formula", "NaCl", "--spacegroup", "225"], workspace
     )
-    assert "not both" in one_line_error(both)
+    assert "takes one of" in one_line_error(both)
