@@ -55,8 +55,8 @@ BUNDLES: dict[str, dict[str, str]] = {
         "materials with structures.",
         "note": "Every training material had a structure: give structures (`predict_structures`). From "
         "formula and space group alone the answers are outside what it learned (Si and GaAs come out "
-        "as semimetals below). `cross_type` is labelled for semimetals only and means something only "
-        "where `topo_class` is SM.",
+        "as semimetals below). `cross_type` is labelled for semimetals only: it is answered only where "
+        "`topo_class` is SM, and its probabilities are those it would have if the material were one.",
     },
 }
 
@@ -277,6 +277,8 @@ def model_card(card: dict[str, Any]) -> str:
     for row in card["known_outputs"]:
         answers = " | ".join(
             f"{row[t]} ({max(v for k, v in row.items() if k.startswith(t + ':p(')):.2f})"
+            if row[t] is not None
+            else "-"
             for t in card["tasks"]
         )
         lines.append(f"| {row['formula']} | {row['spacegroup']} | {answers} |")

@@ -60,6 +60,11 @@ class TaskConfig(_Section):
     class_weighting: bool = False
     coarse_task: str | None = Field(None, description="a task whose classes group this task's classes")
     coarse_classes: dict[str, str] | None = Field(None, description="this task's class -> the coarse task's")
+    applies_when: dict[str, list[str]] | None = Field(
+        None,
+        description="where the label exists, as other tasks' classes (e.g. {topo_class: [SM]}); "
+        "elsewhere predict leaves the task's answer empty",
+    )
 
     @model_validator(mode="after")
     def _check_classes(self) -> TaskConfig:

@@ -75,6 +75,17 @@ def test_textbook_materials_are_classified_as_physics_says():
     }
 
 
+def test_crossing_type_is_answered_only_for_semimetals():
+    _, card = card_of("tqc2020")
+    known = card["known_outputs"]
+    answers = tc.load("tqc2020").predict([r["formula"] for r in known], [r["spacegroup"] for r in known])
+    semimetal = answers["topo_class"] == "SM"
+    assert semimetal.any() and (~semimetal).any()  # the card's materials show both cases
+    assert answers.loc[semimetal, "cross_type"].notna().all()
+    assert answers.loc[~semimetal, "cross_type"].isna().all()
+    assert answers["cross_type:p(Line)"].notna().all()  # the probabilities stay, as "if it were one"
+
+
 def test_a_bundle_that_does_not_fit_the_code_fails_in_one_line(tmp_path):
     stale = tmp_path / "tang2019"
     shutil.copytree(bundled_model_dir("tang2019"), stale)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from tests.helpers import make_checkpointed_run
 from topoclass.app.runs import RunLayout
-from topoclass.app.serving import Serving, TaskRule, fit_serving, load_serving, predictions_for, save_serving
+from topoclass.app.serving import (
+    Serving,
+    TaskRule,
+    fit_serving,
+    load_serving,
+    not_applicable,
+    predictions_for,
+    save_serving,
+)
 from topoclass.config import TaskConfig
+from topoclass.data.clean import check_hierarchy
+from topoclass.errors import DataError
 
 
 def network_outputs(prepared, rows, quality: float, seed: int = 0) -> dict[str, np.ndarray]:
@@ -105,6 +117,24 @@ def test_a_fine_task_never_contradicts_its_coarse_task():
     assert decided["topo_class"].tolist() == [0, 1, 0]
     mapping = np.array([0, 1, 1])
     assert (mapping[decided["topo_class"]] == decided["topological"]).all()
+
+
+def test_a_task_is_answered_only_where_its_label_applies():
+    main = TaskConfig(name="topo_class", classes=["trivial", "TI", "SM"])
+    crossing = TaskConfig(
+        name="cross_type", classes=["Point", "Line"], applies_when={"topo_class": ["SM", "TI"]}
+    )
+    decisions = {"topo_class": np.array([0, 1, 2, 0]), "cross_type": np.array([1, 0, 1, 1])}
+    outside = not_applicable([crossing, main], decisions)
+    assert set(outside) == {"cross_type"}
+    assert outside["cross_type"].tolist() == [True, False, False, True]
+    for wrong, message in (
+        ({"nope": ["SM"]}, "not another classification task"),
+        ({"topo_class": ["X"]}, "['X']"),
+    ):
+        with pytest.raises(DataError, match=re.escape(message)):
+            check_hierarchy([main, crossing.model_copy(update={"applies_when": wrong})])
+    check_hierarchy([main, crossing])
 
 
 def test_logit_adjustment_moves_rare_classes_into_the_decisions():

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from topoclass.app.runs import RunLayout, checkpoint_target
-from topoclass.app.serving import Serving, load_serving, predictions_for
+from topoclass.app.serving import Serving, load_serving, not_applicable, predictions_for
 from topoclass.checkpoint.manager import LoadedCheckpoint, load_component, read_checkpoint
 from topoclass.config import Config, TaskConfig
 from topoclass.data.build import featurize_materials
@@ -99,6 +99,7 @@ def predict_materials(
         use_structure=run.config.data.use_structure,
         predictor=predictor,
     )
+    outside = not_applicable(run.tasks, decisions)
     rows = []
     for i, (material_id, formula) in enumerate(zip(features.ids, features.formulas, strict=True)):
         row: dict[str, Any] = {
@@ -109,6 +110,8 @@ def predict_materials(
         for task in run.tasks:
             kind = task_type(task)
             row.update(kind.prediction_row(task, probabilities[task.name][i], decisions[task.name][i]))
+            if task.name in outside and outside[task.name][i]:
+                row[task.name] = None  # no such label here; the probabilities say "if it had one"
             row[f"{task.name}:predictor"] = sources[task.name]
         rows.append(row)
     return Predictions(rows, skipped)

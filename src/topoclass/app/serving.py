@@ -138,6 +138,18 @@ class Serving:
         return decisions
 
 
+def not_applicable(tasks: list[TaskConfig], decisions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per task with ``applies_when``: the materials the other tasks' decisions put outside it."""
+    by_name = {task.name: task for task in tasks}
+    outside: dict[str, np.ndarray] = {}
+    for task in tasks:
+        for name, classes in (task.applies_when or {}).items():
+            ids = [(by_name[name].classes or []).index(label) for label in classes]
+            miss = ~np.isin(decisions[name], ids)
+            outside[task.name] = outside[task.name] | miss if task.name in outside else miss
+    return outside
+
+
 def adjusted_scores(probabilities: np.ndarray, prior: list[float], tau: float) -> np.ndarray:
     """``log p - tau log prior``: the scores whose argmax is the decision."""
     return np.log(np.clip(probabilities, _EPS, 1)) - tau * np.log(np.clip(np.asarray(prior), _EPS, 1))

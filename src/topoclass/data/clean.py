@@ -127,9 +127,22 @@ def record_problem(material: Material, tasks: Sequence[TaskConfig]) -> Reject | 
 
 
 def check_hierarchy(tasks: Sequence[TaskConfig]) -> None:
-    """A task's ``coarse_classes`` name a coarse task among ``tasks`` and map every class onto one of its."""
+    """A task's ``coarse_classes`` name a coarse task among ``tasks`` and map every class onto one of
+    its; its ``applies_when`` names other classification tasks among ``tasks`` and classes of theirs."""
     by_name = {task.name: task for task in tasks}
     for task in tasks:
+        for name, classes in (task.applies_when or {}).items():
+            other = by_name.get(name)
+            if other is None or other is task or other.classes is None:
+                raise DataError(
+                    f"task '{task.name}': applies_when names '{name}', not another classification task"
+                )
+            unknown = sorted(set(classes) - set(other.classes))
+            if unknown or not classes:
+                raise DataError(
+                    f"task '{task.name}': applies_when lists {unknown or 'no classes'} for '{name}' "
+                    f"(its classes: {', '.join(other.classes)})"
+                )
         if task.coarse_task is None or task.coarse_classes is None:
             continue
         coarse = by_name.get(task.coarse_task)

@@ -14,6 +14,7 @@ import csv
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from topoclass.config import DataConfig, TaskConfig
 from topoclass.data.datasets import register, require_data_dir
@@ -41,16 +42,12 @@ _DECORATIONS = "*†"
 
 def tqc2020_tasks() -> list[TaskConfig]:
     """The default tasks of this dataset."""
+    hierarchy: dict[str, dict[str, Any]] = {
+        "sub_class": {"coarse_task": MAIN_TASK, "coarse_classes": dict(SUB_CLASS_OF)},
+        "cross_type": {"applies_when": {MAIN_TASK: ["SM"]}},
+    }
     return [
-        TaskConfig(
-            name=name,
-            classes=list(classes),
-            **(
-                {"coarse_task": MAIN_TASK, "coarse_classes": dict(SUB_CLASS_OF)}
-                if name == "sub_class"
-                else {}
-            ),
-        )
+        TaskConfig(name=name, classes=list(classes), **hierarchy.get(name, {}))
         for name, classes in TASK_CLASSES.items()
     ]
 
