@@ -132,7 +132,8 @@ def featurize_structures(
     if len(searches) != len(refs):
         raise ValueError(f"find_spacegroup has {len(searches)} entries for {len(refs)} structures")
     start = time.perf_counter()
-    workers = workers or available_cpus()[0]
+    # A few structures are featurized here: starting worker processes would cost more.
+    workers = 1 if len(refs) < _MIN_STRUCTURES_FOR_POOL else workers or available_cpus()[0]
     if progress is None:
         progress = sys.stderr.isatty()
     # Not `writer or ...`: writers and caches have a length, so an empty one passed in is falsy.
@@ -169,7 +170,7 @@ def featurize_structures(
             bar.update()
         flush()
     logger.info(
-        "featurized %d structures with %d workers in %.1f s (%.1f s of it for Laplacian spectra)",
+        "featurized %d structure(s) with %d process(es) in %.1f s (%.1f s of it for Laplacian spectra)",
         len(refs),
         workers,
         time.perf_counter() - start,
@@ -189,7 +190,7 @@ def _outcomes(
     workers: int,
     with_graphs: bool,
 ) -> Iterator[_Outcome]:
-    """Each reference's outcome, in order, from worker processes (or here, for a few)."""
+    """Each reference's outcome, in order, from worker processes (or here, with one)."""
     work = partial(
         featurize_one,
         cutoff=graph.cutoff,
@@ -197,7 +198,7 @@ def _outcomes(
         symprec=graph.symprec,
         with_graph=with_graphs,
     )
-    if workers == 1 or len(refs) < _MIN_STRUCTURES_FOR_POOL:
+    if workers == 1:
         for ref, search in zip(refs, searches, strict=True):
             yield work(ref, search)
         return
