@@ -93,6 +93,19 @@ def test_resuming_an_older_checkpoint_starts_a_new_timeline(workspace):
     assert again.returncode == 0 and "This run had already finished" in again.stdout
 
 
+def test_a_finished_run_resumed_keeps_its_serving_rules_unless_they_are_gone(workspace):
+    serving = workspace / "run" / "serving"
+    manifest = (serving / "MANIFEST.json").read_bytes()
+    again = run_cli(["resume", str(workspace / "run")], workspace)
+    assert again.returncode == 0 and "This run had already finished" in again.stdout, again.stderr
+    assert "Serving (chosen on validation)" not in again.stdout
+    assert (serving / "MANIFEST.json").read_bytes() == manifest  # fitted for these weights and data
+    shutil.rmtree(serving)
+    refit = run_cli(["resume", str(workspace / "run")], workspace)
+    assert refit.returncode == 0 and "Serving (chosen on validation)" in refit.stdout, refit.stderr
+    assert (serving / "MANIFEST.json").is_file()
+
+
 def test_changed_labels_are_refused_naming_them_and_nothing_is_overwritten(workspace):
     table = workspace / "materials.csv"
     lines = table.read_text().splitlines()

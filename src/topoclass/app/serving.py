@@ -316,8 +316,11 @@ def _score(metric: str, y: np.ndarray, predicted: np.ndarray, classes: int) -> f
 # -- on disk ---------------------------------------------------------------------------------------
 
 
-def save_serving(layout: RunLayout, serving: Serving, *, checkpoint: str) -> Path:
-    """Write ``<run>/serving/`` (rules, trees, manifest) and ``<run>/model_card.md``."""
+def save_serving(
+    layout: RunLayout, serving: Serving, *, checkpoint: str, fitted_for: dict[str, str] | None = None
+) -> Path:
+    """Write ``<run>/serving/`` (rules, trees, manifest) and ``<run>/model_card.md``; ``fitted_for``
+    names the weights and data the rules were fitted with (see :func:`serving_fitted_for`)."""
     path = layout.serving_dir()
     trees = {  # mtime 0: the same trees give the same bytes
         _trees_file(name): gzip.compress(booster.model_to_string().encode(), mtime=0)
@@ -328,11 +331,25 @@ def save_serving(layout: RunLayout, serving: Serving, *, checkpoint: str) -> Pat
         "checkpoint": checkpoint,
         "use_cell_facts": serving.use_cell_facts,
         "rules": {name: asdict(rule) for name, rule in serving.rules.items()},
+        "fitted_for": fitted_for,
     }
     with storage.CheckpointStorage() as writer:
         writer.write(path, {}, metadata=metadata, epoch=0, step=None, extra_files=trees)
     atomic_write(layout.model_card_file(), model_card(layout, serving, checkpoint))
     return path
+
+
+def serving_fitted_for(layout: RunLayout) -> dict[str, str] | None:
+    """The weights and data the run's serving rules were fitted with, as saved; None when the run
+    has no intact rules (or they predate the record)."""
+    path = layout.serving_dir()
+    if not path.is_dir():
+        return None
+    try:
+        storage.verify(path)
+        return storage.read_metadata(path).get("fitted_for")
+    except (CheckpointError, OSError):
+        return None
 
 
 def load_serving(layout: RunLayout) -> Serving | None:

@@ -30,8 +30,9 @@ from topoclass.app.predict import load_run
 from topoclass.app.prepare import RunData, run_data
 from topoclass.app.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.app.runs import RunLayout, checkpoint_target, is_run_directory
-from topoclass.app.serving import Serving, fit_serving, save_serving
+from topoclass.app.serving import Serving, fit_serving, save_serving, serving_fitted_for
 from topoclass.app.slurm import warn_if_a_save_may_not_fit
+from topoclass.checkpoint import storage
 from topoclass.checkpoint.lock import CheckpointLock
 from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, read_checkpoint
 from topoclass.config import Config, config_yaml
@@ -316,8 +317,8 @@ def _train(
         _status(group, layout, "stopped", signal=stop.signal_name)
         logger.warning("Training stopped; resume with: topoclass resume %s", layout.root)
         return EXIT_RESUMABLE
-    if group.is_primary:
-        fit_serving_rules(layout, data)
+    if group.is_primary and serving_fitted_for(layout) != fitting_inputs(layout, data):
+        fit_serving_rules(layout, data)  # not again for a finished run resumed with nothing to train
     _status(
         group,
         layout,
@@ -334,6 +335,13 @@ def _train(
     return EXIT_OK
 
 
+def fitting_inputs(layout: RunLayout, data: RunData, checkpoint: Path | None = None) -> dict[str, str]:
+    """What serving rules fitted now would depend on: the best weights' SHA-256 and the data's digest."""
+    best = checkpoint or checkpoint_target(layout.checkpoints).single(prefer_best=True)
+    weights = storage.read_manifest(best)["files"][storage.TENSORS_FILE]["sha256"]
+    return {"weights": weights, "data": data.fingerprint["digest"]}
+
+
 def fit_serving_rules(layout: RunLayout, data: RunData) -> Serving:
     """Fit the trees and every task's serving rule on validation, with the run's best weights; save them."""
     run = load_run(layout.root)
@@ -348,7 +356,12 @@ def fit_serving_rules(layout: RunLayout, data: RunData) -> Serving:
         use_structure=run.config.data.use_structure,
         seed=run.config.train.seed,
     )
-    save_serving(layout, serving, checkpoint=run.checkpoint.name)
+    save_serving(
+        layout,
+        serving,
+        checkpoint=run.checkpoint.name,
+        fitted_for=fitting_inputs(layout, data, run.checkpoint),
+    )
     logger.info(
         "Serving (chosen on validation): %s; see %s",
         ", ".join(f"{name} by the {rule.predictor}" for name, rule in serving.rules.items()),
