@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import socket
@@ -89,6 +90,25 @@ def run_cli(
         env=cli_env(tmp_path, **env),
         timeout=600,
     )
+
+
+HEAVY_MODULES = ("torch", "sklearn", "lightgbm", "matplotlib", "torch_geometric")
+
+
+def heavy_imports(args: list[str], tmp_path: Path) -> set[str]:
+    """Which of :data:`HEAVY_MODULES` ``topoclass ARGS`` imported, run in a fresh interpreter."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['topoclass', *{args!r}]\n"
+        "try:\n    runpy.run_module('topoclass', run_name='__main__')\n"
+        "except SystemExit as stop:\n    assert stop.code in (0, None), stop.code\n"
+        f"print(sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(tmp_path), timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    return set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
 
 
 def start_cli(

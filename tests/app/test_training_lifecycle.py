@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_cli, train_synthetic_run
+from tests.helpers import heavy_imports, run_cli, train_synthetic_run
 from topoclass.checkpoint.manager import read_checkpoint
 
 pytestmark = pytest.mark.integration  # trains in real processes
@@ -100,6 +100,7 @@ def test_a_finished_run_resumed_keeps_its_serving_rules_unless_they_are_gone(wor
     assert again.returncode == 0 and "This run had already finished" in again.stdout, again.stderr
     assert "Serving (chosen on validation)" not in again.stdout
     assert (serving / "MANIFEST.json").read_bytes() == manifest  # fitted for these weights and data
+    assert heavy_imports(["resume", str(workspace / "run")], workspace) == {"torch"}
     shutil.rmtree(serving)
     refit = run_cli(["resume", str(workspace / "run")], workspace)
     assert refit.returncode == 0 and "Serving (chosen on validation)" in refit.stdout, refit.stderr

@@ -1,0 +1,26 @@
+"""Heavy libraries are imported only by the commands that use them (each costs 0.3-2 s at start)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import heavy_imports
+from topoclass.api import bundled_model_dir
+
+pytestmark = pytest.mark.integration  # fresh interpreters
+
+ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--spacegroup", "166"]
+
+
+@pytest.mark.parametrize(
+    ("args", "allowed"),
+    [
+        (["--help"], set()),
+        (["checkpoints", "verify", str(bundled_model_dir("tang2019"))], {"torch"}),
+        ([*ONE_FORMULA, "--predictor", "network"], {"torch"}),
+        (ONE_FORMULA, {"torch", "lightgbm", "sklearn"}),  # LightGBM imports scikit-learn itself
+    ],
+    ids=["help", "checkpoints", "predict-network", "predict-served"],
+)
+def test_commands_import_only_what_they_use(args, allowed, tmp_path):
+    assert heavy_imports(args, tmp_path) <= allowed
