@@ -2,7 +2,8 @@
 
 Each command runs in a fresh interpreter, as typed at a shell; the reference, measured in the
 same run, is the floor every PyTorch program pays: starting Python and importing ``torch``.
-The table holds 10,000 Tang 2019 formulas with their space groups.
+The table holds 10,000 Tang 2019 formulas with their space groups; the structure is the
+``tqc2020`` bundle's Bi2Se3 example.
 
 Usage: ``python benchmarks/predict_latency.py [--repeats 3]``
 """
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 from cli_runner import topoclass
+
+from topoclass.api import bundled_model_dir
 
 
 def import_floor() -> float:
@@ -49,6 +52,7 @@ def main() -> None:
         sys.exit("give --data-dir or set TOPOCLASS_DATA_DIR")
     env = dict(os.environ)
     one = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--spacegroup", "166"]
+    example = str(bundled_model_dir("tqc2020") / "examples" / "Bi2Se3.cif")
     with tempfile.TemporaryDirectory() as scratch:
         table = write_table(Path(args.data_dir), Path(scratch) / "table.csv", args.rows)
         many = ["predict", "--model", "tang2019", "--table", str(table), "-o", f"{scratch}/out.csv"]
@@ -56,6 +60,13 @@ def main() -> None:
             "topoclass --help": ["--help"],
             "predict one formula (served)": one,
             "predict one formula (--predictor network)": [*one, "--predictor", "network"],
+            "predict one structure (tqc2020, served)": [
+                "predict",
+                "--model",
+                "tqc2020",
+                "--structure",
+                example,
+            ],
             f"predict --table, {args.rows:,} formulas (served)": many,
             f"predict --table, {args.rows:,} formulas (--predictor network)": [
                 *many,

@@ -9,6 +9,7 @@ from topoclass.api import bundled_model_dir
 
 pytestmark = pytest.mark.integration  # fresh interpreters
 
+EXAMPLE = bundled_model_dir("tqc2020") / "examples" / "NaCl.cif"
 ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--spacegroup", "166"]
 
 
@@ -19,8 +20,9 @@ ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--space
         (["checkpoints", "verify", str(bundled_model_dir("tang2019"))], {"torch"}),
         ([*ONE_FORMULA, "--predictor", "network"], {"torch"}),
         (ONE_FORMULA, {"torch", "lightgbm", "sklearn"}),  # LightGBM imports scikit-learn itself
+        (["predict", "--model", "tqc2020", "--predictor", "network", "--structure", str(EXAMPLE)], {"torch"}),
     ],
-    ids=["help", "checkpoints", "predict-network", "predict-served"],
+    ids=["help", "checkpoints", "predict-network", "predict-served", "predict-structure"],
 )
 def test_commands_import_only_what_they_use(args, allowed, tmp_path):
     assert heavy_imports(args, tmp_path) <= allowed

@@ -7,7 +7,7 @@ import torch
 from topoclass.features.graph import CrystalGraph
 from topoclass.features.graph_store import GraphStore
 from topoclass.features.spectral import laplacian_spectra, random_sign_flip
-from topoclass.model.structure_encoder import StructureEncoder
+from topoclass.model.structure_encoder import StructureEncoder, mean_and_max_pool
 
 HIDDEN, K, RBF, CUTOFF = 16, 4, 8, 6.0
 
@@ -72,3 +72,16 @@ def test_batching_does_not_change_a_crystal_embedding(encoder):
     together = encoder(store.batch([0, 2]))
     torch.testing.assert_close(together[0], encoder(store.batch([0]))[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(together[1], encoder(store.batch([2]))[0], atol=1e-5, rtol=1e-5)
+
+
+def test_pooling_equals_pytorch_geometric_global_pools():
+    from torch_geometric.nn import global_max_pool, global_mean_pool
+
+    generator = torch.Generator().manual_seed(0)
+    nodes = torch.randn(40, 8, generator=generator)
+    graph = torch.sort(torch.randint(0, 6, (40,), generator=generator)).values
+    graph[graph == 2] = 3  # graph 2 and graph 6 have no nodes
+    mean, maximum = mean_and_max_pool(nodes, graph, 7)
+    assert torch.equal(mean, global_mean_pool(nodes, graph, size=7))
+    assert torch.equal(maximum, global_max_pool(nodes, graph, size=7))
+    assert mean[2].abs().sum() == 0 and maximum[6].abs().sum() == 0

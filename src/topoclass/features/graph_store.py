@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from topoclass.features.graph import CrystalGraph, cell_facts
 from topoclass.features.spectral import Spectrum
-
-if TYPE_CHECKING:
-    from torch_geometric.data import Batch
 
 TENSOR_DTYPES: dict[str, torch.dtype] = {
     "atomic_numbers": torch.int64,
@@ -33,6 +30,35 @@ TENSOR_DTYPES: dict[str, torch.dtype] = {
     "eigenvalue_mask": torch.bool,
     "eigenvectors": torch.float32,
 }
+
+
+@dataclass(slots=True)
+class GraphBatch:
+    """The crystal graphs of one batch, nodes and edges concatenated in order.
+
+    A plain container rather than PyTorch Geometric's ``Batch``: importing PyG costs about
+    2 s at every start, and nothing here needs more than these tensors.
+    """
+
+    z: torch.Tensor  # [nodes] atomic numbers
+    edge_index: torch.Tensor  # [2, edges] node indices within the batch
+    edge_distance: torch.Tensor  # [edges] in angstrom
+    pe: torch.Tensor  # [nodes, k] Laplacian eigenvector entries
+    eigenvalues: torch.Tensor  # [graphs, k]
+    eigenvalue_mask: torch.Tensor  # [graphs, k] which of the k channels a graph has
+    batch: torch.Tensor  # [nodes] the graph of each node
+    ptr: torch.Tensor  # [graphs + 1] the first node of each graph, then the node count
+
+    @property
+    def num_graphs(self) -> int:
+        return self.ptr.numel() - 1
+
+    @property
+    def num_nodes(self) -> int:
+        return self.z.numel()
+
+    def to(self, device: torch.device | str) -> GraphBatch:
+        return GraphBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
 class GraphStore:
@@ -131,22 +157,15 @@ class GraphStore:
             edge_distance=self.edge_distance[e0:e1].numpy().copy(),
         )
 
-    def batch(self, graph_indices: Sequence[int] | torch.Tensor) -> Batch:
-        """A PyG ``Batch`` of the given graphs, in that order, built by vectorized slicing.
-
-        Fields: ``z``, ``edge_index`` (global), ``edge_distance``, ``pe`` [nodes, k],
-        ``eigenvalues`` and ``eigenvalue_mask`` [graphs, k], ``batch`` and ``ptr``.
-        """
+    def batch(self, graph_indices: Sequence[int] | torch.Tensor) -> GraphBatch:
+        """The given graphs as one batch, in that order, built by vectorized slicing."""
         index = torch.as_tensor(graph_indices, dtype=torch.long).reshape(-1)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise IndexError(f"graph index out of range for a store of {len(self)} graphs")
         node_gather, node_counts, node_offsets = _ranges(self.node_ptr, index)
         edge_gather, edge_counts, _ = _ranges(self.edge_ptr, index)
         shift = torch.repeat_interleave(node_offsets, edge_counts)
-        # Imported here: loading a cached store should not pay for importing PyTorch Geometric.
-        from torch_geometric.data import Batch
-
-        batch = Batch(
+        return GraphBatch(
             z=self.atomic_numbers[node_gather],
             edge_index=self.edge_index[:, edge_gather] + shift,
             edge_distance=self.edge_distance[edge_gather],
@@ -156,9 +175,6 @@ class GraphStore:
             batch=torch.repeat_interleave(torch.arange(index.numel()), node_counts),
             ptr=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(node_counts, 0)]),
         )
-        batch.num_nodes = int(node_counts.sum())
-        batch._num_graphs = index.numel()
-        return batch
 
 
 _COPY_BLOCK = 1 << 20  # bytes read at a time when joining part files

@@ -16,6 +16,7 @@ from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.features.composition import NUM_DESCRIPTORS
 from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
 from topoclass.model.heads import TaskHeads
+from topoclass.model.structure_encoder import StructureEncoder
 
 MODALITIES = ("composition", "symmetry", "structure")
 
@@ -47,9 +48,6 @@ class MultitaskModel(nn.Module):
         if use_structure:
             if graph is None:
                 raise ValueError("a structure model needs the graph settings it was featurized with")
-            # Imported here: PyTorch Geometric is only needed (and only paid for) with structures.
-            from topoclass.model.structure_encoder import StructureEncoder
-
             self.structure = StructureEncoder(
                 hidden_dim=hidden,
                 num_layers=config.graph_layers,

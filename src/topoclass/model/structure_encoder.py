@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.data import Batch
-from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from topoclass.features.graph import NUM_CELL_FACTS, cell_facts, gaussian_rbf
+from topoclass.features.graph_store import GraphBatch
 from topoclass.model.crystal_conv import CrystalGraphConv
 
 
@@ -68,7 +67,7 @@ class StructureEncoder(nn.Module):
             nn.Linear(hidden_dim, hidden_dim),
         )
 
-    def forward(self, batch: Batch, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, batch: GraphBatch, context: torch.Tensor | None = None) -> torch.Tensor:
         """Crystal embeddings [num_graphs, hidden_dim].
 
         ``context`` [num_graphs, context_dim] joins the cell facts at the readout: the space
@@ -85,11 +84,23 @@ class StructureEncoder(nn.Module):
         num_graphs = batch.num_graphs
         pooled = torch.cat(
             [
-                global_mean_pool(nodes, batch.batch, size=num_graphs),
-                global_max_pool(nodes, batch.batch, size=num_graphs),
+                *mean_and_max_pool(nodes, batch.batch, num_graphs),
                 cell_facts(batch.z, batch.batch, num_graphs).to(nodes.dtype),
                 *([] if context is None else [context.to(nodes.dtype)]),
             ],
             dim=1,
         )
         return self.readout(pooled)
+
+
+def mean_and_max_pool(
+    nodes: torch.Tensor, graph: torch.Tensor, num_graphs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each graph's mean and maximum of its nodes' features [num_graphs, features] (``graph``: the
+    graph of each node); a graph without nodes gets zeros."""
+    index = graph.unsqueeze(1).expand_as(nodes)
+    shape = (num_graphs, nodes.shape[1])
+    sums = nodes.new_zeros(shape).scatter_add_(0, index, nodes)
+    counts = torch.bincount(graph, minlength=num_graphs).clamp_min(1).to(nodes.dtype).unsqueeze(1)
+    maxima = nodes.new_zeros(shape).scatter_reduce_(0, index, nodes, "amax", include_self=False)
+    return sums / counts, maxima
