@@ -14,13 +14,21 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${CONDA_PREFIX:-}" ]; then
     . .venv/bin/activate
 fi
 
+# -qq: pip's own errors still show; the warnings of indexes that lack a package do not.
+pip_install() { python -m pip install -qq --disable-pip-version-check "$@"; }
+cpu_index=https://download.pytorch.org/whl/cpu
+
 if python -c "import torch" 2>/dev/null; then
     echo "Keeping installed PyTorch $(python -c 'import torch; print(torch.__version__)')"
 elif command -v nvidia-smi >/dev/null 2>&1; then
-    python -m pip install -q "torch==2.13.0"
+    echo "NVIDIA driver found: PyTorch 2.13.0 (CUDA build) from the configured package index"
+    pip_install "torch==2.13.0"
+elif python -c "import urllib.request; urllib.request.urlopen('$cpu_index/', timeout=10)" 2>/dev/null; then
+    echo "PyTorch 2.13.0 (CPU build) from $cpu_index"
+    pip_install "torch==2.13.0" --index-url "$cpu_index"
 else
-    # --retries 1: where that index cannot be reached, pip falls back on its other indexes quickly.
-    python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu --timeout 20 --retries 1
+    echo "PyTorch CPU index unreachable: PyTorch 2.13.0 from the configured package index"
+    pip_install "torch==2.13.0"
 fi
-python -m pip install -q -e ".[dev]"
+pip_install -e ".[dev]"
 echo "topoclass installed in $(dirname "$(dirname "$(command -v python)")")"
