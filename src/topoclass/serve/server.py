@@ -1,0 +1,54 @@
+"""``topoclass serve``: check the optional libraries, load the models, run uvicorn until stopped."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Sequence
+
+from topoclass.errors import TopoclassError
+from topoclass.serve.limits import Limits
+
+logger = logging.getLogger(__name__)
+
+# Import name -> distribution, for the message when one is missing.
+REQUIRED = {
+    "fastapi": "fastapi",
+    "fastapi_offline": "fastapi-offline",
+    "uvicorn": "uvicorn",
+    "multipart": "python-multipart",
+    "markdown": "markdown",
+}
+
+
+def require_serve_libraries() -> None:
+    """A one-line TopoclassError naming the install command when a ``serve`` extra library is missing."""
+    missing = []
+    for module, distribution in REQUIRED.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(distribution)
+    if missing:
+        raise TopoclassError(f'serving needs {", ".join(missing)}: pip install "topoclass[serve]"')
+
+
+def run_server(
+    models: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    batching: bool = True,
+) -> int:
+    """Load ``models`` (bundled names or run directories) once and answer on ``host:port`` until stopped."""
+    require_serve_libraries()
+    import uvicorn
+
+    from topoclass.serve.app import create_app
+    from topoclass.serve.registry import load_models
+
+    app = create_app(load_models(models), limits or Limits(), batching=batching)
+    logger.info("Web page and API on http://%s:%d (API documentation at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    return 0
