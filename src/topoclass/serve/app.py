@@ -34,10 +34,16 @@ from topoclass.serve.schemas import (
     ModelInfo,
     PredictRequest,
     PredictResponse,
+    Problem,
 )
 from topoclass.serve.uploads import ReadUpload, Upload, read_uploads
 
 STATIC = Path(__file__).with_name("static")
+# Refusals are one line (not FastAPI's list of validation errors), and the schema says so.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "over a limit of the server"},
+    422: {"model": Problem, "description": "invalid request (the field, row or file is named)"},
+}
 
 
 def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool = True) -> FastAPI:
@@ -85,7 +91,15 @@ def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool
         """The served models, the first being the default."""
         return [_info(model) for model in models.values()]
 
-    @app.get("/models/{name}/card", response_model=None, responses={200: {"content": {"text/markdown": {}}}})
+    @app.get(
+        "/models/{name}/card",
+        response_model=None,
+        responses={
+            200: {"content": {"text/markdown": {}, "text/html": {}}},
+            404: {"model": Problem, "description": "no such model, or no card"},
+            422: REFUSALS[422],
+        },
+    )
     async def card(
         name: str, request: Request, format: Annotated[str | None, Query(pattern="^(markdown|html)$")] = None
     ) -> PlainTextResponse | HTMLResponse:
@@ -101,7 +115,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool
             return HTMLResponse(_card_page(name, text))
         return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
-    @app.post("/predict")
+    @app.post("/predict", responses=REFUSALS)
     async def predict(request: PredictRequest) -> PredictResponse:
         """Predictions from formulas and space groups."""
         limits.check_rows(len(request.rows), "rows")
@@ -117,7 +131,7 @@ def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool
         rows = await runner.run((model.name, "formulas", choice), call, list(request.rows))
         return PredictResponse(model=model.name, tasks=model.predictor.tasks, rows=rows)
 
-    @app.post("/predict/structures")
+    @app.post("/predict/structures", responses=REFUSALS)
     async def predict_structures(
         files: Annotated[list[UploadFile], File(description="CIF, POSCAR, extxyz or pymatgen-JSON files")],
         model: Annotated[str | None, Form(description=MODEL_HELP)] = None,

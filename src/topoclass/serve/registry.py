@@ -41,13 +41,17 @@ class ServedModel:
 
 def load_models(models: Sequence[str]) -> dict[str, ServedModel]:
     """Load each bundled model name or run directory once; names are the bundle's or the directory's."""
-    served: dict[str, ServedModel] = {}
+    directories: dict[str, Path] = {}
     for model in models:
         path = Path(model)
         directory = path.resolve() if path.is_dir() else bundled_model_dir(model)
-        name = directory.name
-        if name in served:
-            raise ConfigError(f"two models are named '{name}' ({served[name].directory} and {directory})")
+        if directory.name in directories:
+            raise ConfigError(
+                f"two models are named '{directory.name}' ({directories[directory.name]} and {directory})"
+            )
+        directories[directory.name] = directory
+    served: dict[str, ServedModel] = {}
+    for name, directory in directories.items():
         predictor = load(directory)
         predictor.predict(*WARM_UP)
         served[name] = ServedModel(name, predictor, directory)

@@ -55,6 +55,12 @@ class ModelInfo(BaseModel):
     card: str | None = Field(description="URL of the model card (Markdown; ?format=html for a page)")
 
 
+class Problem(BaseModel):
+    """Why a request was refused, in one line naming the field, row, file or limit."""
+
+    detail: str
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     models: list[str]

@@ -16,7 +16,7 @@ REQUIRED = {
     "fastapi": "fastapi",
     "fastapi_offline": "fastapi-offline",
     "uvicorn": "uvicorn",
-    "multipart": "python-multipart",
+    "python_multipart": "python-multipart",
     "markdown": "markdown",
 }
 
