@@ -38,3 +38,20 @@ def test_bad_models_are_one_line_before_anything_loads(models, message, capsys):
     assert main(["serve", *models]) == 2
     error = capsys.readouterr().err
     assert error.startswith("topoclass: error: ") and message in error and error.count("\n") == 1
+
+
+def test_the_server_log_says_each_topoclass_warning_once():
+    import logging
+
+    from topoclass.serve.server import OncePerMessage
+
+    once = OncePerMessage()
+
+    def passes(name: str, level: int, message: str) -> bool:
+        return once.filter(logging.LogRecord(name, level, __file__, 1, message, None, None))
+
+    assert passes("topoclass.api", logging.WARNING, "trained on structures")
+    assert not passes("topoclass.api", logging.WARNING, "trained on structures")
+    assert passes("topoclass.api", logging.WARNING, "another warning")
+    assert passes("topoclass.api", logging.INFO, "info") and passes("topoclass.api", logging.INFO, "info")
+    assert passes("uvicorn.error", logging.WARNING, "w") and passes("uvicorn.error", logging.WARNING, "w")

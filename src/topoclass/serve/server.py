@@ -45,6 +45,12 @@ def run_server(
     require_serve_libraries()
     import uvicorn
 
+    # A warning about a model (say, "trained on crystal structures" for formula requests) would
+    # otherwise repeat with every request: the log says it once.
+    once = OncePerMessage()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(once)
+
     from topoclass.serve.app import create_app
     from topoclass.serve.registry import load_models
 
@@ -52,3 +58,20 @@ def run_server(
     logger.info("Web page and API on http://%s:%d (API documentation at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0
+
+
+class OncePerMessage(logging.Filter):
+    """Lets each distinct topoclass warning through once; everything else always."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not record.name.startswith("topoclass"):
+            return True
+        message = record.getMessage()
+        if message in self._seen:
+            return False
+        self._seen.add(message)
+        return True
