@@ -96,6 +96,52 @@ def test_page_predicts_a_formula_and_an_uploaded_cif(browser, server_url, tmp_pa
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("tqc2020")
 
 
+DROP_FILE = """
+const [name, text] = arguments;
+const files = new DataTransfer();
+files.items.add(new File([text], name));
+document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: files, bubbles: true}));
+"""
+
+# An answer with a column this page has never heard of, as a model with applicability flags gives.
+FLAGGED = {
+    "model": "tang2019",
+    "tasks": ["topological"],
+    "rows": [
+        {
+            "id": "X1",
+            "formula": "X1",
+            "spacegroup": 2,
+            "topological": "trivial",
+            "topological:p(trivial)": 0.8,
+            "topological:p(topological)": 0.2,
+            "topological:predictor": "network",
+            "flags": "outside the training elements",
+            "skipped": "",
+        }
+    ],
+}
+
+
+def test_dropped_files_are_predicted_and_unknown_columns_shown(browser, server_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(server_url)
+    wait.until(shown.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready='true']")))
+    nacl = (bundled_model_dir("tqc2020") / "examples" / "NaCl.cif").read_text()
+    browser.execute_script(DROP_FILE, "NaCl.cif", nacl)
+    answer = (By.CSS_SELECTOR, "article[data-id='NaCl.cif'] [data-task='topo_class'] .answer")
+    wait.until(shown.visibility_of_element_located(answer))
+    assert browser.find_element(*answer).text == "trivial"
+
+    browser.execute_script("render(arguments[0])", FLAGGED)
+    flags = browser.find_element(By.CSS_SELECTOR, "article[data-id='X1'] tr[data-column='flags']")
+    assert flags.text == "flags outside the training elements"
+
+
 def test_api_documentation_renders_from_local_files(browser, server_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as shown
