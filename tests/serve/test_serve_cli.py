@@ -55,3 +55,20 @@ def test_the_server_log_says_each_topoclass_warning_once():
     assert passes("topoclass.api", logging.WARNING, "another warning")
     assert passes("topoclass.api", logging.INFO, "info") and passes("topoclass.api", logging.INFO, "info")
     assert passes("uvicorn.error", logging.WARNING, "w") and passes("uvicorn.error", logging.WARNING, "w")
+
+
+def test_a_taken_port_or_a_zero_limit_is_one_line_before_anything_loads(capsys):
+    import socket
+
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "tang2019", "--port", str(port)]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error.startswith(f"topoclass: error: cannot listen on 127.0.0.1:{port}: ") and error.count("\n") == 1
+    )
+    assert main(["serve", "tang2019", "--max-rows", "0"]) == 2
+    assert capsys.readouterr().err == "topoclass: error: --max-rows must be at least 1, not 0\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from topoclass.errors import TopoclassError
+from topoclass.errors import ConfigError, TopoclassError
 
 
 class LimitExceeded(TopoclassError):
@@ -27,6 +27,11 @@ class Limits:
     max_body_bytes: int = 4 * 1024 * 1024  # a few hundred CIFs, or tens of thousands of rows
     max_rows: int = 1000  # formula rows, or structure files, in one request
     max_atoms: int = 500  # per structure: a crystal graph's cost grows with its atoms
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
 
     def check_rows(self, count: int, field: str) -> None:
         """413 when a request holds more than ``max_rows`` rows or files."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 from collections.abc import Sequence
 
 from topoclass.errors import TopoclassError
@@ -33,6 +34,17 @@ def require_serve_libraries() -> None:
         raise TopoclassError(f'serving needs {", ".join(missing)}: pip install "topoclass[serve]"')
 
 
+def check_address(host: str, port: int) -> None:
+    """A one-line TopoclassError when ``host:port`` cannot be listened on (taken, or not this machine's),
+    found before the models spend seconds loading."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        raise TopoclassError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def run_server(
     models: Sequence[str],
     *,
@@ -43,6 +55,7 @@ def run_server(
 ) -> int:
     """Load ``models`` (bundled names or run directories) once and answer on ``host:port`` until stopped."""
     require_serve_libraries()
+    check_address(host, port)
     import uvicorn
 
     # A warning about a model (say, "trained on crystal structures" for formula requests) would
