@@ -94,6 +94,7 @@ def test_page_predicts_a_formula_and_an_uploaded_cif(browser, server_url, tmp_pa
 
     browser.get(card)
     assert browser.find_element(By.TAG_NAME, "h1").text.startswith("tqc2020")
+    browser.save_screenshot(str(tmp_path / "card.png"))
 
 
 DROP_FILE = """

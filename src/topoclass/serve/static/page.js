@@ -65,7 +65,7 @@ function formatValue(value) {
 }
 
 function renderTask(task, row, used) {
-  const box = element("div", "task");
+  const box = element("div", row[task] === null ? "task not-applicable" : "task");
   box.dataset.task = task;
   const head = element("div", "task-head");
   const value = row[task];
