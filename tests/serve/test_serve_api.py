@@ -211,3 +211,9 @@ def test_page_and_docs_load_nothing_from_outside(client):
         for asset in re.findall(r"""(?:src|href)=["'](/[^"']+)""", html):
             assert client.get(asset).status_code == 200, asset
     assert "/predict/structures" in client.get("/openapi.json").json()["paths"]
+
+
+def test_no_batching_answers_the_same(models, client):
+    body = {"rows": [{"formula": "Bi2Se3", "spacegroup": 166}, {"formula": "SnTe", "spacegroup": 225}]}
+    with TestClient(create_app(models, LIMITS, batching=False)) as unbatched:
+        assert unbatched.post("/predict", json=body).json() == client.post("/predict", json=body).json()
