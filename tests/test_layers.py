@@ -19,7 +19,9 @@ LAYERS: list[set[str]] = [
     {"model", "checkpoint"},
     {"trainer"},
     {"app"},
-    {"api", "cli", "__init__", "__main__"},
+    {"api"},
+    {"serve"},
+    {"cli", "__init__", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

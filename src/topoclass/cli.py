@@ -18,6 +18,7 @@ from typing import Any
 from topoclass import __version__
 from topoclass.config import Config, load_config, parse_override
 from topoclass.errors import EXIT_RESUMABLE, ResumableStop, TopoclassError
+from topoclass.serve.limits import Limits
 from topoclass.trainer.signals import StopRequested
 
 EXIT_USER_ERROR = 2
@@ -136,6 +137,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     note = f" ({len(skipped)} skipped)" if len(skipped) else ""
     print(f"Predictions for {len(predicted)} materials written to {args.output}{note}")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from topoclass.serve.server import run_server
+
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_rows=args.max_rows, max_atoms=args.max_atoms)
+    return run_server(
+        args.models, host=args.host, port=args.port, limits=limits, batching=not args.no_batching
+    )
 
 
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
@@ -259,6 +269,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve every task by this source (default: each task's choice on validation, see model_card.md)",
     )
     predict.set_defaults(func=_cmd_predict)
+
+    serve = verbs.add_parser("serve", help="a web page and JSON API answering predictions (docs/serving.md)")
+    serve.add_argument("models", nargs="+", metavar="MODEL", help="bundled models or run directories")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    defaults = Limits()
+    for flag, default, text in (
+        ("--max-body-bytes", defaults.max_body_bytes, "largest request body"),
+        ("--max-rows", defaults.max_rows, "most formula rows or structure files in one request"),
+        ("--max-atoms", defaults.max_atoms, "most atoms in one structure"),
+    ):
+        serve.add_argument(flag, type=int, default=default, help=f"{text} (default {default})")
+    serve.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="predict each request on its own in a thread pool instead of batching concurrent requests",
+    )
+    serve.set_defaults(func=_cmd_serve)
 
     checkpoints = verbs.add_parser("checkpoints", help="list, verify, inspect or export checkpoints")
     actions = checkpoints.add_subparsers(dest="action", required=True)
