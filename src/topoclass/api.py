@@ -50,6 +50,12 @@ def bundled_model_dir(name: str) -> Path:
     return BUNDLED_ROOT / name
 
 
+def model_dir(model: str | os.PathLike[str]) -> Path:
+    """The directory a model argument means: an existing directory wins over a bundled name."""
+    path = Path(model)
+    return path if path.is_dir() else bundled_model_dir(str(model))
+
+
 def load(model: str | os.PathLike[str], *, device: str = "auto") -> Predictor:
     """A predictor from a bundled model's name or a run directory (its best checkpoint).
 
@@ -60,9 +66,7 @@ def load(model: str | os.PathLike[str], *, device: str = "auto") -> Predictor:
     """
     from topoclass.app.predict import load_run
 
-    path = Path(model)
-    directory = path if path.is_dir() else bundled_model_dir(str(model))
-    return Predictor(load_run(directory, device=device))
+    return Predictor(load_run(model_dir(model), device=device))
 
 
 def train(config: Config | Mapping[str, Any] | str | os.PathLike[str]) -> Path:

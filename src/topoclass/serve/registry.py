@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from topoclass.api import bundled_model_dir, load
+from topoclass.api import load, model_dir
 from topoclass.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ def load_models(models: Sequence[str]) -> dict[str, ServedModel]:
     """Load each bundled model name or run directory once; names are the bundle's or the directory's."""
     directories: dict[str, Path] = {}
     for model in models:
-        path = Path(model)
-        directory = path.resolve() if path.is_dir() else bundled_model_dir(model)
+        directory = model_dir(model).resolve()
         if directory.name in directories:
             raise ConfigError(
                 f"two models are named '{directory.name}' ({directories[directory.name]} and {directory})"
