@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from pymatgen.core import Structure
+
+if TYPE_CHECKING:
+    import torch
+    from pymatgen.core import Structure
 
 from topoclass.features.structures import PeriodicNeighbors, periodic_neighbors
 
@@ -85,6 +88,8 @@ def gaussian_rbf(distances: torch.Tensor, *, cutoff: float, num_rbf: int) -> tor
     The width equals the spacing of the centres, so neighbouring basis functions overlap
     and every distance in range lights up at least two of them.
     """
+    import torch  # here, not at the top: building graphs needs no PyTorch, only the model's use of them
+
     centers = torch.linspace(0.0, cutoff, num_rbf, device=distances.device, dtype=distances.dtype)
     width = cutoff / (num_rbf - 1)
     return torch.exp(-0.5 * ((distances.unsqueeze(-1) - centers) / width) ** 2)
@@ -102,6 +107,8 @@ def cell_facts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: in
     embedding can pair with these). The count is for the cell as given; Materials Project
     and JARVIS cells are primitive, which is the cell these constraints speak of.
     """
+    import torch
+
     electrons = torch.zeros(num_graphs, dtype=torch.long, device=atomic_numbers.device)
     electrons.index_add_(0, batch, atomic_numbers.long())
     atoms = torch.bincount(batch, minlength=num_graphs).clamp_min(1)
