@@ -2,9 +2,13 @@
 
 PyTorch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``, which needs ``onnx``
 and ``onnxscript``) is used: the TorchScript exporter bakes the batch size into the
-attention's reshapes. Batch size, formula width and graph sizes are dynamic. The file goes
-into ``RunLayout.network_export_dir()`` with the checkpoint and the SHA-256 of the weights
-it holds, so a later change of weights makes it stale instead of wrong.
+attention's reshapes. Batch size, formula width and graph sizes are dynamic.
+
+The file holds the graph alone (about 80 kB): every weight is an external initializer
+naming its tensor in the checkpoint it was exported from, which the loader reads and
+verifies (a bundle would otherwise carry its weights twice). The file goes into
+``RunLayout.network_export_dir()`` with the checkpoint and the SHA-256 of its tensors, so a
+later change of weights makes it stale instead of wrong.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,11 +31,13 @@ from topoclass.app.predict import load_run
 from topoclass.app.runs import RunLayout, checkpoint_target
 from topoclass.app.torch_network import torch_network
 from topoclass.checkpoint import storage
+from topoclass.checkpoint.serialize import TENSOR_TAG
 from topoclass.config import Config
 from topoclass.errors import CheckpointError
 from topoclass.features.composition import NUM_DESCRIPTORS
 from topoclass.features.graph_store import GraphBatch
 from topoclass.inference.onnx_network import (
+    CHECKPOINT_LOCATION,
     FORMULA_INPUTS,
     GRAPH_INPUTS,
     GRAPH_ROWS,
@@ -38,6 +46,7 @@ from topoclass.inference.onnx_network import (
     architecture_digest,
 )
 from topoclass.model.multitask import MultitaskModel
+from topoclass.trainer.averaging import inference_weights
 
 logger = logging.getLogger(__name__)
 
@@ -157,15 +166,8 @@ def _example(
 
 
 def export_network(model: MultitaskModel, config: Config, directory: Path, *, checkpoint: Path) -> Path:
-    """Export ``model`` (``config``'s, with the weights of ``checkpoint``) into ``directory``, verified
-    like a checkpoint."""
-    record = ExportRecord(
-        checkpoint.name,
-        _weights_sha256(checkpoint),
-        architecture_digest(config),
-        list(model.task_names),
-        model.structure is not None,
-    )
+    """Export ``model`` (``config``'s, with the inference weights of ``checkpoint``) into ``directory``,
+    verified like a checkpoint. The file holds the graph; its weights stay in the checkpoint."""
     copied = copy.deepcopy(model).cpu().eval()
     wrapped = _StructureNetwork(copied) if model.structure is not None else _FormulaNetwork(copied)
     inputs, dims = _example(model, config)
@@ -179,10 +181,23 @@ def export_network(model: MultitaskModel, config: Config, directory: Path, *, ch
             dynamic_shapes=tuple(dims[name] for name in inputs),
             opset_version=OPSET,
             dynamo=True,
+            optimize=False,  # folded constants (transposed weights) would copy the weights into the file
             verbose=False,
         )
     if program is None:
         raise RuntimeError("the exporter returned no program")
+    proto = program.model_proto
+    record = ExportRecord(
+        checkpoint.name,
+        _weights_sha256(checkpoint),
+        architecture_digest(config),
+        list(model.task_names),
+        model.structure is not None,
+        config.data.graph.spectral_k if model.structure is not None else 0,
+        _refer_to_checkpoint(proto, checkpoint),
+    )
+    for node in proto.graph.node:
+        del node.metadata_props[:]  # the exporter's stack traces: nine tenths of the file
     with storage.CheckpointStorage() as writer:
         writer.write(
             directory,
@@ -190,10 +205,35 @@ def export_network(model: MultitaskModel, config: Config, directory: Path, *, ch
             metadata=dataclasses.asdict(record),
             epoch=0,
             step=None,
-            extra_files={NETWORK_FILE: program.model_proto.SerializeToString()},
+            extra_files={NETWORK_FILE: proto.SerializeToString()},
         )
     logger.info("Network exported to ONNX: %s", directory / NETWORK_FILE)
     return directory
+
+
+def _refer_to_checkpoint(proto: Any, checkpoint: Path) -> dict[str, list[str]]:
+    """Empty every initializer that is a weight of ``checkpoint`` (marked external, as ONNX Runtime
+    expects initializers given at load); {initializer: [checkpoint tensor, dtype]} for the loader."""
+    import onnx
+
+    tree = json.loads(storage.read_file(checkpoint, storage.STATE_FILE))["tree"]
+    # The exported module holds the model as ``model``: its initializers are named "model.<state key>".
+    tensors = {f"model.{key}": entry[TENSOR_TAG] for key, entry in inference_weights(tree).items()}
+    weights = {}
+    for initializer in proto.graph.initializer:
+        if initializer.name not in tensors:
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type)
+        length = int(np.prod(initializer.dims, dtype=np.int64)) * dtype.itemsize
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data"):
+            initializer.ClearField(field)
+        initializer.data_location = onnx.TensorProto.EXTERNAL
+        del initializer.external_data[:]
+        for key, value in (("location", CHECKPOINT_LOCATION), ("offset", "0"), ("length", str(length))):
+            entry = initializer.external_data.add()
+            entry.key, entry.value = key, value
+        weights[initializer.name] = [tensors[initializer.name], dtype.name]
+    return weights
 
 
 @contextlib.contextmanager

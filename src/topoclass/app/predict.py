@@ -78,14 +78,11 @@ def _onnx_run(layout: RunLayout, config: Config) -> TrainedRun | None:
     threads = choose_threads(config.train.num_threads)[0]
     try:
         best = checkpoint_target(layout.checkpoints).single(prefer_best=True)
-        manifest = storage.verify(best, full=False)
+        storage.verify(best, full=False)
         tasks = [TaskConfig.model_validate(t) for t in storage.read_metadata(best)["tasks"]]
     except (CheckpointError, KeyError, TypeError, ValueError):
         return None  # the PyTorch loader reads the checkpoint again and says what is wrong
-    weights = manifest["files"][storage.TENSORS_FILE]["sha256"]
-    network, reason = load_network(
-        layout.network_export_dir(), config, weights_sha256=weights, threads=threads
-    )
+    network, reason = load_network(layout.network_export_dir(), config, best, threads=threads)
     if network is None:
         logger.info("Predicting with PyTorch: %s", reason)
         return None

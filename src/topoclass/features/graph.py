@@ -98,6 +98,19 @@ def gaussian_rbf(distances: torch.Tensor, *, cutoff: float, num_rbf: int) -> tor
 NUM_CELL_FACTS = 6
 
 
+def nodes_per_graph(batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """How many nodes each of ``num_graphs`` graphs has, [num_graphs] int64 (``batch``: each node's graph).
+
+    The counts ``torch.bincount`` gives, as a sum of ones: ONNX export cannot express bincount
+    with a number of graphs known only at run time.
+    """
+    import torch
+
+    return torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(
+        0, batch, torch.ones_like(batch)
+    )
+
+
 def cell_facts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
     """Electron count of each cell modulo 2, 4 and 8 (as angles), and its log atom count: [G, 6].
 
@@ -111,7 +124,7 @@ def cell_facts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: in
 
     electrons = torch.zeros(num_graphs, dtype=torch.long, device=atomic_numbers.device)
     electrons.index_add_(0, batch, atomic_numbers.long())
-    atoms = torch.bincount(batch, minlength=num_graphs).clamp_min(1)
+    atoms = nodes_per_graph(batch, num_graphs).clamp_min(1)
     quarter_turns = (electrons % 4).to(torch.float32) * (torch.pi / 2)
     eighth_turns = (electrons % 8).to(torch.float32) * (torch.pi / 4)
     return torch.stack(

@@ -2,9 +2,11 @@
 
 A run's network is exported at the end of training into ``<run>/onnx/`` (a directory
 written and verified like a checkpoint: ``network.onnx`` with a SHA-256 manifest, and in
-its metadata the checkpoint and the SHA-256 of the weights it was exported from). A file
-exported from other weights than the run's best checkpoint now holds is stale and never
-used; neither is a damaged one: prediction then runs the PyTorch model.
+its metadata the checkpoint and the SHA-256 of the weights it was exported from). The file
+holds the graph; its weights are read from that checkpoint's tensors file, verified against
+the checkpoint's manifest. An export from other weights than the run's best checkpoint now
+holds, or for other model settings, is stale and never used; neither is a damaged one:
+prediction then runs the PyTorch model.
 
 Inputs are a batch as :meth:`FeatureArrays.formula_inputs` lays it out, plus for structure
 models the crystal graphs of the materials that have one. A structure model's batch always
@@ -32,6 +34,8 @@ from topoclass.errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 NETWORK_FILE = "network.onnx"
+# Where the file's weights are, as its external initializers say: the checkpoint's tensors.
+CHECKPOINT_LOCATION = "checkpoint:tensors.safetensors"
 FORMULA_INPUTS = ("element_index", "element_fraction", "descriptors", "spacegroup")
 GRAPH_INPUTS = (
     "z",
@@ -57,6 +61,8 @@ class ExportRecord:
     architecture: str  # architecture_digest of the config it was exported with
     tasks: list[str]  # the outputs, in order
     uses_structure: bool
+    spectral_k: int  # Laplacian eigenpairs per graph (structure models)
+    weights: dict[str, list[str]]  # initializer -> [tensor in the checkpoint, dtype]
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> ExportRecord:
@@ -66,6 +72,8 @@ class ExportRecord:
             str(metadata["architecture"]),
             [str(name) for name in metadata["tasks"]],
             bool(metadata["uses_structure"]),
+            int(metadata["spectral_k"]),
+            {str(name): [str(tensor), str(dtype)] for name, (tensor, dtype) in metadata["weights"].items()},
         )
 
 
@@ -85,12 +93,21 @@ class OnnxNetwork:
 
     name = "onnx"
 
-    def __init__(self, model: bytes, record: ExportRecord, *, threads: int) -> None:
+    def __init__(
+        self, model: bytes, record: ExportRecord, tensors: dict[str, np.ndarray], *, threads: int
+    ) -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        names = list(record.weights)
+        # Weights stored in half precision are widened as PyTorch's load_state_dict does (exactly).
+        self._weights = [
+            onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(tensors[tensor], dtype=dtype))
+            for tensor, dtype in record.weights.values()
+        ]
+        options.add_external_initializers(names, self._weights)
         self.record = record
         self._session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
@@ -101,18 +118,19 @@ class OnnxNetwork:
             rows = np.arange(start, min(start + BATCH_SIZE, len(features)))
             inputs = features.formula_inputs(rows, with_graphs=self.record.uses_structure)
             if self.record.uses_structure:
-                inputs = _with_placeholder({**inputs, **graph_inputs(features, rows)})
+                graphs = graph_inputs(features, rows, spectral_k=self.record.spectral_k)
+                inputs = _with_placeholder({**inputs, **graphs})
             results = self._session.run(self.record.tasks, inputs)
             for name, result in zip(self.record.tasks, results, strict=True):
                 collected[name].append(result[: len(rows)])
         return {name: np.concatenate(parts) for name, parts in collected.items()}
 
 
-def graph_inputs(features: FeatureArrays, rows: np.ndarray) -> dict[str, np.ndarray]:
+def graph_inputs(features: FeatureArrays, rows: np.ndarray, *, spectral_k: int) -> dict[str, np.ndarray]:
     """The crystal graphs of the materials at ``rows`` that have one, as the exported network reads them."""
     graph_rows = features.graph_index[rows]
     present = np.nonzero(graph_rows >= 0)[0]
-    k = _spectral_k(features)
+    k = spectral_k
     if features.graphs is None or not present.size:
         return {
             "z": np.zeros(0, np.int64),
@@ -134,10 +152,6 @@ def graph_inputs(features: FeatureArrays, rows: np.ndarray) -> dict[str, np.ndar
         ptr=np.asarray(batch.ptr),
     )
     return {**arrays, GRAPH_ROWS: present.astype(np.int64)}
-
-
-def _spectral_k(features: FeatureArrays) -> int:
-    return int(features.graphs.spectral_k) if features.graphs is not None else 0
 
 
 def _with_placeholder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -168,16 +182,17 @@ def _with_placeholder(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def load_network(
-    directory: Path, config: Config, *, weights_sha256: str, threads: int
+    directory: Path, config: Config, checkpoint: Path, *, threads: int
 ) -> tuple[OnnxNetwork | None, str]:
-    """The network exported into ``directory`` if it is intact, current (exported from the weights
-    whose tensors file has SHA-256 ``weights_sha256``, with ``config``'s architecture) and ONNX
+    """The network exported into ``directory`` with the weights of ``checkpoint``, if the export is
+    intact and current (exported from those very weights, with ``config``'s architecture) and ONNX
     Runtime is installed; otherwise None and why not."""
     if not (directory / storage.MANIFEST_FILE).is_file():
         return None, f"no exported network in {directory}"
     try:
         storage.verify(directory, full=False)
         record = ExportRecord.from_metadata(storage.read_metadata(directory))
+        weights_sha256 = storage.read_manifest(checkpoint)["files"][storage.TENSORS_FILE]["sha256"]
     except (CheckpointError, KeyError, TypeError, ValueError) as error:
         return None, f"exported network unusable ({error})"
     if record.weights_sha256 != weights_sha256:
@@ -185,10 +200,24 @@ def load_network(
     if record.architecture != architecture_digest(config):
         return None, f"exported network in {directory} is stale (exported for other model settings)"
     try:
-        import onnxruntime  # noqa: F401  (checked before the file is read)
+        import onnxruntime  # noqa: F401  (checked before any file is read)
     except ImportError:
         return None, "onnxruntime is not installed"
     try:
-        return OnnxNetwork(storage.read_file(directory, NETWORK_FILE), record, threads=threads), ""
-    except CheckpointError as error:
+        graph = storage.read_file(directory, NETWORK_FILE)
+        tensors = _read_tensors(checkpoint)
+        return OnnxNetwork(graph, record, tensors, threads=threads), ""
+    except (CheckpointError, KeyError) as error:
         return None, f"exported network unusable ({error})"
+
+
+def _read_tensors(checkpoint: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors as NumPy arrays, from bytes checked against its manifest."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    data = storage.read_file(checkpoint, storage.TENSORS_FILE)
+    try:
+        return load(data)
+    except SafetensorError as error:
+        raise CheckpointError(f"{checkpoint}: undecodable tensors ({error})") from None
