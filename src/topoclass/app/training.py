@@ -321,7 +321,7 @@ def _train(
         return EXIT_RESUMABLE
     if group.is_primary and serving_fitted_for(layout) != fitting_inputs(layout, data):
         fit_serving_rules(layout, data)  # not again for a finished run resumed with nothing to train
-    if group.is_primary:
+    if group.is_primary and config.train.export_onnx:
         ensure_network_export(layout)
     _status(
         group,
