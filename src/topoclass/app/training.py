@@ -31,7 +31,7 @@ from topoclass.app.predict import load_run
 from topoclass.app.prepare import RunData, run_data
 from topoclass.app.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.app.runs import RunLayout, checkpoint_target, is_run_directory
-from topoclass.app.serving import Serving, fit_serving, save_serving, serving_fitted_for
+from topoclass.app.serving import fit_serving, save_serving, serving_fitted_for
 from topoclass.app.slurm import warn_if_a_save_may_not_fit
 from topoclass.app.torch_network import torch_network
 from topoclass.checkpoint import storage
@@ -44,6 +44,7 @@ from topoclass.data.split import save_split
 from topoclass.distributed import PeerFailedError, ProcessGroup
 from topoclass.errors import CheckpointError, ConfigError, DataError, ResumableStop
 from topoclass.files import atomic_write
+from topoclass.inference.rules import Serving
 from topoclass.model.inference import raw_outputs
 from topoclass.threads import configure_threads
 from topoclass.trainer.device import autocast_dtype, select_device
