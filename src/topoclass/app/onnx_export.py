@@ -218,7 +218,8 @@ def _refer_to_checkpoint(proto: Any, checkpoint: Path) -> dict[str, list[str]]:
 
     tree = json.loads(storage.read_file(checkpoint, storage.STATE_FILE))["tree"]
     # The exported module holds the model as ``model``: its initializers are named "model.<state key>".
-    tensors = {f"model.{key}": entry[TENSOR_TAG] for key, entry in inference_weights(tree).items()}
+    entries: dict[str, Any] = inference_weights(tree)  # the same choice, on the tensors' JSON references
+    tensors = {f"model.{key}": entry[TENSOR_TAG] for key, entry in entries.items()}
     weights = {}
     for initializer in proto.graph.initializer:
         if initializer.name not in tensors:
