@@ -84,7 +84,10 @@ def _onnx_run(layout: RunLayout, config: Config) -> TrainedRun | None:
         return None  # the PyTorch loader reads the checkpoint again and says what is wrong
     network, reason = load_network(layout.network_export_dir(), config, best, threads=threads)
     if network is None:
-        logger.info("Predicting with PyTorch: %s", reason)
+        # A run without an export (trained with train.export_onnx off, or before it) is the plain
+        # case, not news; an export that cannot be used, or a missing onnxruntime, is said once.
+        exported = layout.network_export_dir().exists()
+        logger.log(logging.INFO if exported else logging.DEBUG, "Predicting with PyTorch: %s", reason)
         return None
     serving = load_serving(layout.serving_dir(), threads=threads)
     return TrainedRun(config, tasks, network, layout, best, serving)
