@@ -49,7 +49,7 @@ GRAPH_INPUTS = (
 )
 # The materials of a batch that have a graph, in the order of their graphs.
 GRAPH_ROWS = "graph_rows"
-BATCH_SIZE = 1024  # materials per run of the session: bounds the memory of a long table
+BATCH_SIZE = 256  # materials per run of the session: bounds memory; 64 to 1024 measured alike
 
 
 @dataclass(frozen=True)
