@@ -5,6 +5,11 @@ same run, is the floor every PyTorch program pays: starting Python and importing
 The table holds 10,000 Tang 2019 formulas with their space groups; the structure is the
 ``tqc2020`` bundle's Bi2Se3 example.
 
+The bundles' networks run on ONNX Runtime (no PyTorch import); the same commands with
+``onnxruntime`` made unimportable show the PyTorch path they replace. Targets: one formula
+at most 0.5x the reference, one structure at most 1.0x, and the 10,000-formula table at most
+1.5 s of work beyond what one formula costs (the same process start, imports and loading).
+
 Usage: ``python benchmarks/predict_latency.py [--repeats 3]``
 """
 
@@ -53,37 +58,42 @@ def main() -> None:
     env = dict(os.environ)
     one = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--spacegroup", "166"]
     example = str(bundled_model_dir("tqc2020") / "examples" / "Bi2Se3.cif")
+    structure = ["predict", "--model", "tqc2020", "--structure", example]
     with tempfile.TemporaryDirectory() as scratch:
         table = write_table(Path(args.data_dir), Path(scratch) / "table.csv", args.rows)
         many = ["predict", "--model", "tang2019", "--table", str(table), "-o", f"{scratch}/out.csv"]
+        hidden = Path(scratch) / "no_onnxruntime"
+        hidden.mkdir()
+        (hidden / "onnxruntime.py").write_text("raise ImportError('hidden by the benchmark')\n")
+        torch_env = {**env, "PYTHONPATH": os.pathsep.join([str(hidden), env.get("PYTHONPATH", "")])}
         commands = {
-            "topoclass --help": ["--help"],
-            "predict one formula (served)": one,
-            "predict one formula (--predictor network)": [*one, "--predictor", "network"],
-            "predict one structure (tqc2020, served)": [
-                "predict",
-                "--model",
-                "tqc2020",
-                "--structure",
-                example,
-            ],
-            f"predict --table, {args.rows:,} formulas (served)": many,
-            f"predict --table, {args.rows:,} formulas (--predictor network)": [
-                *many,
-                "--predictor",
-                "network",
-            ],
+            "topoclass --help": (["--help"], env),
+            "predict one formula (served)": (one, env),
+            "predict one formula (--predictor network)": ([*one, "--predictor", "network"], env),
+            "predict one formula (served, PyTorch path)": (one, torch_env),
+            "predict one structure (tqc2020, served)": (structure, env),
+            "predict one structure (tqc2020, served, PyTorch path)": (structure, torch_env),
+            f"predict --table, {args.rows:,} formulas (served)": (many, env),
+            f"predict --table, {args.rows:,} formulas (--predictor network)": (
+                [*many, "--predictor", "network"],
+                env,
+            ),
+            f"predict --table, {args.rows:,} formulas (served, PyTorch path)": (many, torch_env),
         }
         times: dict[str, list[float]] = {name: [] for name in ["python + import torch", *commands]}
         for _ in range(args.repeats):
             times["python + import torch"].append(import_floor())
-            for name, command in commands.items():
-                times[name].append(topoclass(command, env)[1])
-    floor = statistics.median(times["python + import torch"])
+            for name, (command, command_env) in commands.items():
+                times[name].append(topoclass(command, command_env)[1])
+    median = {name: statistics.median(values) for name, values in times.items()}
+    floor = median["python + import torch"]
     print(f"cold-process wall time, median of {args.repeats}:")
-    for name, values in times.items():
-        seconds = statistics.median(values)
-        print(f"  {name:48s} {seconds:6.2f} s  ({seconds / floor:.1f}x python + import torch)")
+    for name, seconds in median.items():
+        print(f"  {name:58s} {seconds:6.2f} s  ({seconds / floor:.2f}x python + import torch)")
+    for path in ("served", "served, PyTorch path"):
+        table_seconds = median[f"predict --table, {args.rows:,} formulas ({path})"]
+        work = table_seconds - median[f"predict one formula ({path})"]
+        print(f"  {args.rows:,} formulas ({path}): {work:.2f} s of work beyond one formula's cold start")
 
 
 if __name__ == "__main__":

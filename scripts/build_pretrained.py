@@ -9,6 +9,11 @@ that the test suite checks).
 
     python scripts/build_pretrained.py tang2019 --data-dir ../shared/data            # train, then bundle
     python scripts/build_pretrained.py tqc2020 --from-run runs/tqc2020-structures   # bundle a run
+    python scripts/build_pretrained.py tang2019 --export-onnx   # add the ONNX export, weights unchanged
+
+A bundle holds its network exported to ONNX (``onnx/``), so predicting with it needs no
+PyTorch; ``--export-onnx`` exports it from the bundle's own checkpoint and updates the
+card's list of files.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pymatgen.io.cif import CifWriter
 
 import topoclass
 from topoclass.app.evaluate import evaluate_run
+from topoclass.app.onnx_export import ensure_network_export
 from topoclass.app.runs import RunLayout, checkpoint_target
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import read_checkpoint
@@ -180,6 +186,7 @@ def build(name: str, run_dir: Path, out: Path) -> None:
     for formula, structure in example_structures().items():
         CifWriter(structure).write_file(examples / f"{formula}.cif")
 
+    ensure_network_export(RunLayout.open(out))
     model = topoclass.load(out)
     formulas, groups = zip(*KNOWN_MATERIALS, strict=True)
     known = model.predict(list(formulas), list(groups))
@@ -214,14 +221,25 @@ def build(name: str, run_dir: Path, out: Path) -> None:
         "example_outputs": records(from_structures),
     }
     (out / "model_card.md").write_text(model_card(card))
+    write_card(out, card)
+
+
+def write_card(out: Path, card: dict[str, Any]) -> None:
+    """``card.json`` with the SHA-256 of every other file of the bundle."""
     card["files"] = {
         str(path.relative_to(out)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(out.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path.name != "card.json"
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-    print(f"{out}: {size / 2**20:.1f} MiB, weights {metadata['weights_dtype']}")
+    print(f"{out}: {size / 2**20:.1f} MiB, weights {card['weights_dtype']}")
+
+
+def export_bundle_network(out: Path) -> None:
+    """Export a bundle's network to ONNX from its own checkpoint (the weights stay as they are)."""
+    ensure_network_export(RunLayout.open(out))
+    write_card(out, json.loads((out / "card.json").read_text()))
 
 
 def records(frame) -> list[dict[str, Any]]:
@@ -293,8 +311,14 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--run-dir", type=Path, help="where to train (default: runs/pretrained-NAME)")
     parser.add_argument("--out", type=Path, help="default: src/topoclass/pretrained/NAME")
+    parser.add_argument(
+        "--export-onnx", action="store_true", help="only export the bundle's network to ONNX (no training)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.export_onnx:
+        export_bundle_network(args.out or PRETRAINED / args.name)
+        return
     run_dir = args.from_run
     if run_dir is None:
         run_dir = args.run_dir or REPOSITORY / "runs" / f"pretrained-{args.name}"

@@ -18,7 +18,9 @@ def synthetic_config(tmp_path: Path):
     def make(n: int = 200, epochs: int = 3, every_steps: int = 0) -> Path:
         table = write_synthetic_table(tmp_path / "materials.csv", n)
         config = tmp_path / "config.yaml"
-        config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=epochs, every_steps=every_steps))
+        config.write_text(
+            SYNTHETIC_CONFIG.format(table=table, epochs=epochs, every_steps=every_steps, export_onnx="false")
+        )
         return config
 
     return make

@@ -46,7 +46,8 @@ data:
     - {{name: gap, type: regression, weight: 0.5}}
 model: {{hidden_dim: 16, element_embedding_dim: 8, spacegroup_embedding_dim: 8, composition_heads: 2,
          fusion_layers: 1}}
-train: {{epochs: {epochs}, batch_size: 16, lr: 0.003, patience: 50, progress_bar: false, warmup_epochs: 1}}
+train: {{epochs: {epochs}, batch_size: 16, lr: 0.003, patience: 50, progress_bar: false, warmup_epochs: 1,
+        export_onnx: {export_onnx}}}
 checkpoint: {{every_epochs: 1, every_minutes: 0, every_steps: {every_steps}}}
 """
 
@@ -176,11 +177,15 @@ def make_checkpointed_run(root: Path, checkpoint_dir: Path | None = None):
     return layout
 
 
-def train_synthetic_run(root: Path, n: int = 200, epochs: int = 3) -> subprocess.CompletedProcess:
-    """Train ``root/run`` on a synthetic table (``root/materials.csv``, config ``root/config.yaml``)."""
+def train_synthetic_run(
+    root: Path, n: int = 200, epochs: int = 3, *, export_onnx: bool = False
+) -> subprocess.CompletedProcess:
+    """Train ``root/run`` on a synthetic table (``root/materials.csv``, config ``root/config.yaml``).
+    The ONNX export (about 10 s of CPU) is left out unless asked for."""
     table = write_synthetic_table(root / "materials.csv", n)
     config = root / "config.yaml"
-    config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=epochs, every_steps=0))
+    export = str(export_onnx).lower()
+    config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=epochs, every_steps=0, export_onnx=export))
     result = run_cli(["train", "--config", str(config), "--run-dir", str(root / "run")], root)
     assert result.returncode == 0, result.stdout + result.stderr
     return result

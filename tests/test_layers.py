@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"data"},
     {"model", "checkpoint"},
     {"trainer"},
+    {"inference"},  # serving without PyTorch: nothing it imports at module level may import torch
     {"app"},
     {"api"},
     {"serve"},

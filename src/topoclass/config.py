@@ -173,6 +173,9 @@ class TrainConfig(_Section):
     )
     loggers: list[str] | None = Field(None, description="[tensorboard]; default: TensorBoard when installed")
     progress_bar: bool = True
+    export_onnx: bool = Field(
+        True, description="export the network to ONNX at the end, so predicting needs no PyTorch"
+    )
 
 
 class CheckpointConfig(_Section):

@@ -14,14 +14,18 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 from topoclass.config import TaskConfig
 from topoclass.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+# PyTorch is imported by the methods that train (losses, weights, predictions from tensors):
+# labelling, decoding and laying out a prediction stay free of it, for serving without it.
 
 LabelValue = str | float | None
 
@@ -60,6 +64,8 @@ class TaskType(ABC):
 
     def row_weights(self, task: TaskConfig, targets: torch.Tensor, settings: LossSettings) -> torch.Tensor:
         """How much each labelled row counts in the task's mean loss (from the labels alone)."""
+        import torch
+
         return torch.ones_like(targets)
 
     @abstractmethod
@@ -159,6 +165,8 @@ class Classification(TaskType):
         return None if math.isnan(value) else (task.classes or [])[int(value)]
 
     def row_weights(self, task: TaskConfig, targets: torch.Tensor, settings: LossSettings) -> torch.Tensor:
+        import torch
+
         if settings.weight is None:
             return torch.ones_like(targets)
         return settings.weight.to(targets.device)[targets.long()]
@@ -166,6 +174,8 @@ class Classification(TaskType):
     def row_losses(
         self, task: TaskConfig, outputs: torch.Tensor, targets: torch.Tensor, settings: LossSettings
     ) -> torch.Tensor:
+        from torch.nn import functional as F
+
         target = targets.long()
         if task.loss == "focal":
             log_p_true = F.log_softmax(outputs, dim=-1).gather(1, target.unsqueeze(1)).squeeze(1)
@@ -181,6 +191,8 @@ class Classification(TaskType):
         )
 
     def predictions(self, outputs: torch.Tensor) -> np.ndarray:
+        import torch
+
         return torch.softmax(outputs.float(), dim=-1).numpy()
 
     def metrics(
@@ -225,6 +237,8 @@ class Classification(TaskType):
     def class_weights(self, task: TaskConfig, labels: torch.Tensor) -> torch.Tensor | None:
         if not task.class_weighting:
             return None
+        import torch
+
         num_classes = len(task.classes or [])
         present = labels[~torch.isnan(labels)].long()
         counts = torch.bincount(present, minlength=num_classes).float().clamp_min(1.0)

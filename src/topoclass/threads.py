@@ -22,8 +22,6 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 
@@ -81,6 +79,8 @@ def choose_threads(setting: int, local_processes: int = 1) -> tuple[int, str]:
 def configure_threads(setting: int, local_processes: int = 1, *, announce: bool = True) -> int:
     """Set PyTorch's thread count once for this process, and say so (in the debug log only when
     not ``announce``: prediction's output stays the predictions)."""
+    import torch  # here, not at the top: the thread policy serves runtimes without PyTorch too
+
     threads, reason = choose_threads(setting, local_processes)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

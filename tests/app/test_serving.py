@@ -10,18 +10,11 @@ import torch
 
 from tests.helpers import make_checkpointed_run
 from topoclass.app.runs import RunLayout
-from topoclass.app.serving import (
-    Serving,
-    TaskRule,
-    fit_serving,
-    load_serving,
-    not_applicable,
-    predictions_for,
-    save_serving,
-)
+from topoclass.app.serving import fit_serving, save_serving
 from topoclass.config import TaskConfig
 from topoclass.data.clean import check_hierarchy
 from topoclass.errors import DataError
+from topoclass.inference.rules import Serving, TaskRule, load_serving, not_applicable, predictions_for
 
 
 def network_outputs(prepared, rows, quality: float, seed: int = 0) -> dict[str, np.ndarray]:
@@ -75,7 +68,7 @@ def test_saved_trees_are_verified_and_a_damaged_file_is_refused(prepared, tmp_pa
         prepared.features, split, network_outputs(prepared, split["val"], 1.5), use_structure=False, seed=0
     )
     save_serving(layout, serving, checkpoint="best")
-    loaded = load_serving(RunLayout.open(tmp_path / "run"))
+    loaded = load_serving(RunLayout.open(tmp_path / "run").serving_dir())
     assert loaded is not None and loaded.rules == serving.rules
     assert "| topological |" in layout.model_card_file().read_text()
     x_rows = torch.arange(len(prepared.features))
@@ -83,15 +76,16 @@ def test_saved_trees_are_verified_and_a_damaged_file_is_refused(prepared, tmp_pa
         k: torch.as_tensor(v)
         for k, v in network_outputs(prepared, np.arange(len(prepared.features)), 1.5).items()
     }
-    served = predictions_for(loaded, prepared.features.tasks, prepared.features, net, use_structure=False)
-    reference = predictions_for(serving, prepared.features.tasks, prepared.features, net, use_structure=False)
+    arrays = prepared.features.arrays()
+    served = predictions_for(loaded, arrays.tasks, arrays, net, use_structure=False)
+    reference = predictions_for(serving, arrays.tasks, arrays, net, use_structure=False)
     np.testing.assert_allclose(served[0]["topological"], reference[0]["topological"])
     assert len(x_rows) == len(served[1]["topological"])
     tree_file = layout.serving_dir() / "trees-topological.txt.gz"
     damaged = bytearray(tree_file.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     tree_file.write_bytes(bytes(damaged))
-    assert load_serving(RunLayout.open(tmp_path / "run")) is None
+    assert load_serving(RunLayout.open(tmp_path / "run").serving_dir()) is None
     assert "sha256 mismatch" in caplog.text
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from topoclass.checkpoint import storage
-from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, read_checkpoint, tag_or_none
+from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, read_checkpoint
+from topoclass.checkpoint.names import tag_or_none
 from topoclass.config import CheckpointConfig
 from topoclass.errors import CheckpointError, DamagedCheckpointError, ResumableStop
 

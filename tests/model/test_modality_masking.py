@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
-from topoclass.app.baseline import baseline_features, cell_fact_features
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import StructureRef
 from topoclass.features.composition import NUM_FORMULA_FACTS, encode_compositions, material_descriptors
 from topoclass.features.structure_pipeline import featurize_structures
+from topoclass.inference.tree_inputs import baseline_features, cell_fact_features
 from topoclass.model.multitask import MultitaskModel
 
 TASKS = [TaskConfig(name="topo_class", classes=["trivial", "TI", "SM"])]
@@ -111,10 +111,10 @@ def test_descriptors_read_flag_the_materials_whose_filling_is_assumed():
 def test_trees_read_the_descriptors_the_network_reads():
     """The baseline of a structure run gets the same per-material filling rule, plus cell facts."""
     features = _features()
-    with_structures = baseline_features(features, use_structure=True)
-    formula_only = baseline_features(features, use_structure=False)
+    with_structures = baseline_features(features.arrays(), use_structure=True)
+    formula_only = baseline_features(features.arrays(), use_structure=False)
     assert with_structures.shape[1] == formula_only.shape[1] + 1
     read = features.descriptors_read(torch.arange(3), with_graphs=True).numpy()
     assert any(np.array_equal(column, read[:, -1]) for column in with_structures.T)
-    cells = cell_fact_features(features)
+    cells = cell_fact_features(features.arrays())
     assert np.isnan(cells[0]).all() and np.isfinite(cells[1:]).all()

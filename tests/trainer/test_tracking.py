@@ -50,7 +50,7 @@ def test_logger_setting_is_validated():
 def test_training_writes_curves_that_a_resumed_run_continues(tmp_path):
     table = write_synthetic_table(tmp_path / "materials.csv", 120)
     config = tmp_path / "config.yaml"
-    config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=4, every_steps=0))
+    config.write_text(SYNTHETIC_CONFIG.format(table=table, epochs=4, every_steps=0, export_onnx="false"))
     run_dir = tmp_path / "run"
     args = ["train", "--config", str(config), "--run-dir", str(run_dir), "--resume", "auto"]
 

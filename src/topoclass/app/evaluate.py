@@ -16,11 +16,12 @@ from topoclass.app.predict import load_run
 from topoclass.app.prepare import RunData, make_split, prepare_data, run_data
 from topoclass.app.report import format_results_table, format_served, plot_reliability, write_evaluation
 from topoclass.app.runs import RunLayout
-from topoclass.app.serving import SOURCES
+from topoclass.app.torch_network import torch_network
 from topoclass.app.training import fit_serving_rules
 from topoclass.config import Config, config_yaml
 from topoclass.data.split import load_split, save_split
 from topoclass.files import atomic_write
+from topoclass.inference.rules import SOURCES
 from topoclass.model.inference import predictions, raw_outputs
 from topoclass.tasks import score_tasks
 from topoclass.trainer.loop import VALIDATION_BATCH
@@ -33,17 +34,20 @@ def evaluate_run(
 ) -> tuple[dict[str, Any], str]:
     """Metrics on a split of the run's data: the network as trained, each source under its validation-fitted
     rules (network, trees, blend), the served choice and the baseline; figures, JSON and a report."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, backend="torch")
+    network = torch_network(run)
     data = run_data(run.config, run.layout, resuming=True, accept_data_change=accept_data_change)
     serving = run.serving or fit_serving_rules(run.layout, data)
     features, tasks = data.prepared.features, data.prepared.features.tasks
     split = data.split_tensors()
     rows = split[split_name]
-    outputs = raw_outputs(run.model, features, rows, batch_size=VALIDATION_BATCH, device=run.device)
+    outputs = raw_outputs(network.model, features, rows, batch_size=VALIDATION_BATCH, device=network.device)
     labels = features.labels[rows].numpy()
     subset = features.subset(rows)
-    network = {name: values.numpy() for name, values in outputs.items()}
-    sources = serving.source_outputs(tasks, subset, network, use_structure=run.config.data.use_structure)
+    network_outputs = {name: values.numpy() for name, values in outputs.items()}
+    sources = serving.source_outputs(
+        tasks, subset.arrays(), network_outputs, use_structure=run.config.data.use_structure
+    )
     results: dict[str, Any] = {"network": score_tasks(tasks, labels, predictions(tasks, outputs))}
     served_probabilities: dict[str, Any] = {}
     for source in (*SOURCES, "served"):

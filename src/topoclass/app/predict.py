@@ -1,5 +1,11 @@
 """Using a trained run: load its best model and predict new materials.
 
+The network runs on ONNX Runtime when the run holds a current export of its best weights
+(``RunLayout.network_export_dir``) and ``onnxruntime`` is installed: predicting then
+imports neither PyTorch nor scikit-learn. Otherwise, and always for training and
+evaluation, it runs the PyTorch model (:mod:`topoclass.app.torch_network`). Both give the
+same raw outputs to the same features and serving rules (:mod:`topoclass.inference.rules`).
+
 Loading only reads: it never cleans up or renames anything in the checkpoint
 folder, so predicting from a run while it trains cannot disturb the trainer.
 """
@@ -9,64 +15,82 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
-import torch
+import numpy as np
 
 from topoclass.app.runs import RunLayout, checkpoint_target
-from topoclass.app.serving import Serving, load_serving, not_applicable, predictions_for
-from topoclass.checkpoint.manager import LoadedCheckpoint, load_component, read_checkpoint
+from topoclass.checkpoint import storage
 from topoclass.config import Config, TaskConfig
+from topoclass.data.arrays import FeatureArrays
 from topoclass.data.build import featurize_materials
 from topoclass.data.records import Material, Reject
-from topoclass.errors import DamagedCheckpointError
-from topoclass.model.inference import raw_outputs
-from topoclass.model.multitask import MultitaskModel
+from topoclass.errors import CheckpointError
+from topoclass.inference.onnx_network import load_network
+from topoclass.inference.rules import Serving, load_serving, not_applicable, predictions_for
 from topoclass.tasks import task_type
-from topoclass.threads import configure_threads
-from topoclass.trainer.averaging import inference_weights
-from topoclass.trainer.device import select_device
-from topoclass.trainer.loop import VALIDATION_BATCH, build_model
+from topoclass.threads import choose_threads
 
 logger = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torch"]
+
+
+class Network(Protocol):
+    """What predicts a run's raw outputs: the PyTorch model or its ONNX export."""
+
+    name: str
+
+    def outputs(self, features: FeatureArrays) -> dict[str, np.ndarray]:
+        """Logits [n, C] (classification) or values [n] per task, float32, in the materials' order."""
+        ...
 
 
 @dataclass
 class TrainedRun:
-    """A run directory's config, tasks and best model, ready for inference."""
+    """A run directory's config, tasks and best network, ready for inference."""
 
     config: Config
     tasks: list[TaskConfig]
-    model: MultitaskModel
+    network: Network
     layout: RunLayout
     checkpoint: Path
-    device: torch.device
     serving: Serving | None  # the trees and rules fitted on validation; None before they are
 
 
-def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
-    """A run's resolved config, the weights of its best checkpoint (else its newest intact one) and
-    its serving rules."""
+def load_run(run_dir: Path, *, device: str = "auto", backend: Backend = "auto") -> TrainedRun:
+    """A run's resolved config, the network of its best checkpoint (else its newest intact one) and
+    its serving rules. ``backend="torch"`` always loads the PyTorch model (training and evaluation
+    need it); otherwise the ONNX export is used where it is current and ``device`` allows the CPU."""
     layout = RunLayout.open(Path(run_dir))
     config = layout.read_config()
-    configure_threads(config.train.num_threads, announce=False)
-    target = select_device(device)
-    path, loaded = _read_best(layout)
-    tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
-    model = build_model(config, tasks)
-    load_component(loaded, "model", model, inference_weights(loaded.state))
-    return TrainedRun(config, tasks, model.to(target).eval(), layout, path, target, load_serving(layout))
+    if backend == "auto" and device in ("auto", "cpu"):
+        run = _onnx_run(layout, config)
+        if run is not None:
+            return run
+    from topoclass.app.torch_network import load_torch_run
+
+    return load_torch_run(layout, config, device)
 
 
-def _read_best(layout: RunLayout, attempts: int = 3) -> tuple[Path, LoadedCheckpoint]:
-    """The run's best checkpoint, read; a trainer may replace it meanwhile, so look again if it changed."""
-    path = checkpoint_target(layout.checkpoints).single(prefer_best=True)
-    for _ in range(attempts - 1):
-        try:
-            return path, read_checkpoint(path)
-        except DamagedCheckpointError:
-            path = checkpoint_target(layout.checkpoints).single(prefer_best=True)
-    return path, read_checkpoint(path)
+def _onnx_run(layout: RunLayout, config: Config) -> TrainedRun | None:
+    """The run served by its ONNX export, or None (and one log line why) when it cannot be."""
+    threads = choose_threads(config.train.num_threads)[0]
+    try:
+        best = checkpoint_target(layout.checkpoints).single(prefer_best=True)
+        storage.verify(best, full=False)
+        tasks = [TaskConfig.model_validate(t) for t in storage.read_metadata(best)["tasks"]]
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None  # the PyTorch loader reads the checkpoint again and says what is wrong
+    network, reason = load_network(layout.network_export_dir(), config, best, threads=threads)
+    if network is None:
+        # A run without an export (trained with train.export_onnx off, or before it) is the plain
+        # case, not news; an export that cannot be used, or a missing onnxruntime, is said once.
+        exported = layout.network_export_dir().exists()
+        logger.log(logging.INFO if exported else logging.DEBUG, "Predicting with PyTorch: %s", reason)
+        return None
+    serving = load_serving(layout.serving_dir(), threads=threads)
+    return TrainedRun(config, tasks, network, layout, best, serving)
 
 
 @dataclass
@@ -88,14 +112,11 @@ def predict_materials(
     features, skipped = featurize_materials(materials, run.tasks, run.config.data)
     if features is None:
         return Predictions([], skipped)
-    outputs = raw_outputs(
-        run.model, features, torch.arange(len(features)), batch_size=VALIDATION_BATCH, device=run.device
-    )
     probabilities, decisions, sources = predictions_for(
         run.serving,
         run.tasks,
         features,
-        outputs,
+        run.network.outputs(features),
         use_structure=run.config.data.use_structure,
         predictor=predictor,
     )

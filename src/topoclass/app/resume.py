@@ -23,6 +23,7 @@ SAFE_TO_CHANGE = (
     "train.num_threads",
     "train.loggers",
     "train.progress_bar",
+    "train.export_onnx",
     "train.device",
     "checkpoint.",
     "run_dir",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from topoclass.checkpoint import storage
-from topoclass.checkpoint.manager import BEST_NAME, LATEST_POINTER, checkpoint_dirs, tag_or_none
+from topoclass.checkpoint.names import BEST_NAME, LATEST_POINTER, checkpoint_dirs, tag_or_none
 from topoclass.config import Config, load_config
 from topoclass.errors import CheckpointError, ConfigError
 from topoclass.files import atomic_write
@@ -89,6 +89,10 @@ class RunLayout:
 
     def serving_dir(self) -> Path:
         return self.root / "serving"
+
+    def network_export_dir(self) -> Path:
+        """The network exported to ONNX, beside the serving rules (verified like a checkpoint)."""
+        return self.root / "onnx"
 
     def model_card_file(self) -> Path:
         return self.root / "model_card.md"

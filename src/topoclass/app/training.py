@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 
 from topoclass import distributed
+from topoclass.app.onnx_export import ensure_network_export
 from topoclass.app.predict import load_run
 from topoclass.app.prepare import RunData, run_data
 from topoclass.app.resume import RESUME_MODES, ask_to_resume, check_config_drift, resolve_resume_mode
 from topoclass.app.runs import RunLayout, checkpoint_target, is_run_directory
-from topoclass.app.serving import Serving, fit_serving, save_serving, serving_fitted_for
+from topoclass.app.serving import fit_serving, save_serving, serving_fitted_for
 from topoclass.app.slurm import warn_if_a_save_may_not_fit
+from topoclass.app.torch_network import torch_network
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.lock import CheckpointLock
 from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, read_checkpoint
@@ -42,6 +44,7 @@ from topoclass.data.split import save_split
 from topoclass.distributed import PeerFailedError, ProcessGroup
 from topoclass.errors import CheckpointError, ConfigError, DataError, ResumableStop
 from topoclass.files import atomic_write
+from topoclass.inference.rules import Serving
 from topoclass.model.inference import raw_outputs
 from topoclass.threads import configure_threads
 from topoclass.trainer.device import autocast_dtype, select_device
@@ -319,6 +322,8 @@ def _train(
         return EXIT_RESUMABLE
     if group.is_primary and serving_fitted_for(layout) != fitting_inputs(layout, data):
         fit_serving_rules(layout, data)  # not again for a finished run resumed with nothing to train
+    if group.is_primary and config.train.export_onnx:
+        ensure_network_export(layout)
     _status(
         group,
         layout,
@@ -344,10 +349,11 @@ def fitting_inputs(layout: RunLayout, data: RunData, checkpoint: Path | None = N
 
 def fit_serving_rules(layout: RunLayout, data: RunData) -> Serving:
     """Fit the trees and every task's serving rule on validation, with the run's best weights; save them."""
-    run = load_run(layout.root)
+    run = load_run(layout.root, backend="torch")
+    network = torch_network(run)
     features, val = data.prepared.features, data.split["val"]
     outputs = raw_outputs(
-        run.model, features, torch.as_tensor(val), batch_size=VALIDATION_BATCH, device=run.device
+        network.model, features, torch.as_tensor(val), batch_size=VALIDATION_BATCH, device=network.device
     )
     serving = fit_serving(
         features,

@@ -8,17 +8,26 @@ guards a checkpoint directory against a second trainer (:mod:`.lock`).
 
 from __future__ import annotations
 
-from topoclass.checkpoint.catalog import (
-    CheckpointInfo,
-    describe_checkpoint,
-    export_weights,
-    inspect_checkpoint,
-    list_checkpoints,
-    verify_checkpoints,
-)
-from topoclass.checkpoint.lock import CheckpointLock
-from topoclass.checkpoint.manager import CheckpointManager, CheckpointTag, LoadedCheckpoint, read_checkpoint
-from topoclass.checkpoint.state import RNGState, Stateful
+from importlib import import_module
+from typing import Any
+
+# Each name is imported from its module when first asked for: the package itself imports
+# nothing, so reading a checkpoint's manifest does not import PyTorch.
+_HOMES = {
+    "CheckpointInfo": "catalog",
+    "describe_checkpoint": "catalog",
+    "export_weights": "catalog",
+    "inspect_checkpoint": "catalog",
+    "list_checkpoints": "catalog",
+    "verify_checkpoints": "catalog",
+    "CheckpointLock": "lock",
+    "CheckpointManager": "manager",
+    "CheckpointTag": "names",
+    "LoadedCheckpoint": "manager",
+    "read_checkpoint": "manager",
+    "RNGState": "state",
+    "Stateful": "state",
+}
 
 __all__ = [
     "CheckpointInfo",
@@ -35,3 +44,9 @@ __all__ = [
     "read_checkpoint",
     "verify_checkpoints",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)

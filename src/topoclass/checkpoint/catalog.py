@@ -25,7 +25,7 @@ import torch
 
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.lock import live_writer
-from topoclass.checkpoint.manager import BEST_NAME, checkpoint_dirs, tag_or_none
+from topoclass.checkpoint.names import BEST_NAME, checkpoint_dirs, tag_or_none
 from topoclass.checkpoint.serialize import DICT_TAG, safetensors_chunks
 from topoclass.errors import CheckpointError, DamagedCheckpointError
 from topoclass.files import atomic_write

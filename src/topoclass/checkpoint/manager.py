@@ -24,9 +24,7 @@ may use one.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from topoclass.checkpoint import storage
+from topoclass.checkpoint.names import (
+    ABANDONED_PREFIX,
+    BEST_NAME,
+    LATEST_POINTER,
+    CheckpointTag,
+    checkpoint_dirs,
+)
 from topoclass.checkpoint.state import Stateful
 from topoclass.config import CheckpointConfig
 from topoclass.distributed import ProcessGroup
@@ -49,38 +54,6 @@ from topoclass.errors import (
 from topoclass.files import atomic_write, fsync_paths
 
 log = logging.getLogger(__name__)
-
-BEST_NAME = "best"
-LATEST_POINTER = "latest"
-ABANDONED_PREFIX = "abandoned-"
-_TAG_PATTERN = re.compile(r"checkpoint_epoch_(\d+)(?:_step_(\d+))?")
-
-
-@dataclass(frozen=True)
-class CheckpointTag:
-    """Which point of training a checkpoint captures; ``step`` is None at the end of an epoch."""
-
-    epoch: int
-    step: int | None = None
-
-    def name(self) -> str:
-        """Directory name: ``checkpoint_epoch_5`` or ``checkpoint_epoch_7_step_1200``."""
-        if self.step is None:
-            return f"checkpoint_epoch_{self.epoch}"
-        return f"checkpoint_epoch_{self.epoch}_step_{self.step}"
-
-    def sort_key(self) -> tuple[int, float]:
-        """Training order: the end of epoch e comes after every mid-epoch checkpoint of epoch e."""
-        return (self.epoch, math.inf if self.step is None else self.step)
-
-
-def tag_or_none(name: str) -> CheckpointTag | None:
-    """The tag a directory name encodes, or None if it is not a checkpoint name."""
-    match = _TAG_PATTERN.fullmatch(name)
-    if match is None:
-        return None
-    step = match.group(2)
-    return CheckpointTag(int(match.group(1)), None if step is None else int(step))
 
 
 @dataclass
@@ -110,18 +83,6 @@ def load_component(checkpoint: LoadedCheckpoint, name: str, component: Any, stat
             f"at revision {checkpoint.metadata.get('code_revision') or 'unknown'}: use that version, "
             "or train anew"
         ) from exc
-
-
-def checkpoint_dirs(directory: Path) -> list[tuple[CheckpointTag, Path]]:
-    """Every directory named like a checkpoint in ``directory``, newest first."""
-    if not Path(directory).is_dir():
-        return []
-    found = [
-        (tag, entry)
-        for entry in Path(directory).iterdir()
-        if (tag := tag_or_none(entry.name)) and entry.is_dir()
-    ]
-    return sorted(found, key=lambda item: item[0].sort_key(), reverse=True)
 
 
 def read_checkpoint(path: Path) -> LoadedCheckpoint:

@@ -57,14 +57,16 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import safetensors.torch
-import torch
-
-from topoclass.checkpoint.serialize import flatten, safetensors_chunks, unflatten
 from topoclass.errors import CheckpointError, CheckpointWriteError, DamagedCheckpointError, WriteError
 from topoclass.files import TEMP_PREFIX, atomic_write, fsync_paths, write_chunks
+
+if TYPE_CHECKING:
+    import torch
+
+# PyTorch and safetensors are imported where tensors are written or decoded: verifying a
+# directory and reading its JSON or extra files (what serving without PyTorch does) needs neither.
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ class CheckpointStorage:
         ``extra_files`` (name -> bytes) are committed and verified with the rest (fitted tree
         models in their own text format, say); :func:`read_file` reads one back.
         """
+        from topoclass.checkpoint.serialize import flatten, safetensors_chunks
+
         path = Path(path)
         tensors, json_tree = flatten(tree)
         nonfinite = [name for name, tensor in tensors.items() if _has_nonfinite(tensor)]
@@ -193,11 +197,15 @@ class CheckpointStorage:
 
 
 def _has_nonfinite(tensor: torch.Tensor) -> bool:
+    import torch
+
     return tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
 
 
 def nonfinite_tensors(path: Path) -> list[str]:
     """Names of the tensors of a verified checkpoint that hold NaN or infinity."""
+    import safetensors
+
     try:
         with safetensors.safe_open(Path(path) / TENSORS_FILE, framework="pt") as handle:
             names = handle.keys()  # a safetensors handle is not iterable itself
@@ -344,6 +352,10 @@ def read(path: Path) -> tuple[Any, dict[str, Any]]:
 
     Every file is read once; the bytes that were hashed are the bytes decoded.
     """
+    import safetensors.torch
+
+    from topoclass.checkpoint.serialize import unflatten
+
     path = Path(path)
     refuse_if_foreign(path)
     manifest = read_manifest(path)

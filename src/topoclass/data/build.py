@@ -6,6 +6,10 @@ unlabelled materials through the same structure step and the same builder
 (:func:`featurize_materials`), so a material gets the same features in both.
 The expensive part (parsing and graphing crystal structures) runs only when the
 featurization cache misses.
+
+The builder computes NumPy arrays (:class:`FeatureArrays`), so prediction runs without
+PyTorch; training wraps the same arrays as tensors without copying them. PyTorch and the
+cache are imported only by the functions that need them.
 """
 
 from __future__ import annotations
@@ -20,18 +24,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from topoclass.config import DataConfig, GraphConfig, TaskConfig
-from topoclass.data.cache import begin_entry, fingerprint, read_entry, write_entry
+from topoclass.data.arrays import FeatureArrays, encode_labels
 from topoclass.data.clean import clean_materials, record_problem
-from topoclass.data.datasets import load_dataset
-from topoclass.data.featureset import FeatureSet, encode_labels
 from topoclass.data.records import Material, RawDataset, Reject
 from topoclass.features.composition import encode_compositions, material_descriptors
-from topoclass.tensorfile import numpy_code
 
 if TYPE_CHECKING:
+    import torch
+
+    from topoclass.data.featureset import FeatureSet
     from topoclass.features.graph_store import GraphStore, GraphStoreWriter
 
 logger = logging.getLogger(__name__)
@@ -123,6 +126,31 @@ def attach_structures(
     return StructuredMaterials(kept, graph_rows, result.store if use_structure else None, rejects)
 
 
+def build_feature_arrays(
+    materials: Sequence[Material],
+    tasks: list[TaskConfig],
+    *,
+    graphs: Any,
+    graph_rows: Sequence[int],
+) -> FeatureArrays:
+    """The features of valid materials (labels may be missing): what every model reads."""
+    formulas = [m.formula for m in materials]
+    spacegroups = [int(m.spacegroup) for m in materials]  # type: ignore[arg-type]
+    element_index, element_fraction = encode_compositions(formulas)
+    return FeatureArrays(
+        ids=[m.id for m in materials],
+        formulas=formulas,
+        tasks=tasks,
+        element_index=element_index,
+        element_fraction=element_fraction,
+        descriptors=material_descriptors(formulas, spacegroups),
+        spacegroup=np.asarray(spacegroups, dtype=np.int64),
+        labels=encode_labels([m.labels for m in materials], tasks),
+        graph_index=np.asarray(list(graph_rows), dtype=np.int64),
+        graphs=graphs,
+    )
+
+
 def build_feature_set(
     materials: Sequence[Material],
     tasks: list[TaskConfig],
@@ -130,27 +158,17 @@ def build_feature_set(
     graphs: GraphStore | None,
     graph_rows: Sequence[int],
 ) -> FeatureSet:
-    """The features of valid materials (labels may be missing): what every model reads."""
-    formulas = [m.formula for m in materials]
-    spacegroups = [int(m.spacegroup) for m in materials]  # type: ignore[arg-type]
-    element_index, element_fraction = encode_compositions(formulas)
-    return FeatureSet(
-        ids=[m.id for m in materials],
-        formulas=formulas,
-        tasks=tasks,
-        element_index=torch.from_numpy(element_index),
-        element_fraction=torch.from_numpy(element_fraction),
-        descriptors=torch.from_numpy(material_descriptors(formulas, spacegroups)),
-        spacegroup=torch.tensor(spacegroups, dtype=torch.long),
-        labels=encode_labels([m.labels for m in materials], tasks),
-        graph_index=torch.tensor(list(graph_rows), dtype=torch.long),
-        graphs=graphs,
+    """:func:`build_feature_arrays` as tensors (sharing the arrays' memory), for training."""
+    from topoclass.data.featureset import FeatureSet
+
+    return FeatureSet.from_arrays(
+        build_feature_arrays(materials, tasks, graphs=graphs, graph_rows=graph_rows)
     )
 
 
 def featurize_materials(
     materials: Sequence[Material], tasks: list[TaskConfig], data: DataConfig
-) -> tuple[FeatureSet | None, list[Reject]]:
+) -> tuple[FeatureArrays | None, list[Reject]]:
     """Features of unlabelled materials (for prediction), with the records that cannot have any."""
     structured = attach_structures(
         materials, data.graph, workers=data.featurize_workers, use_structure=data.use_structure
@@ -166,7 +184,7 @@ def featurize_materials(
             rejects.append(problem)
     if not usable:
         return None, rejects
-    return build_feature_set(usable, tasks, graphs=structured.graphs, graph_rows=rows), rejects
+    return build_feature_arrays(usable, tasks, graphs=structured.graphs, graph_rows=rows), rejects
 
 
 def _featurize(
@@ -194,6 +212,8 @@ def _featurize(
     # The writer checked each graph as it was written; asking the store would read them all back.
     finite = finite_rows(features, finite_graphs=writer.finite() if writer is not None else None)
     if not bool(finite.all()):
+        import torch
+
         # A NaN in one material's features would poison every step it is drawn in: leave it out, say so.
         bad = set(torch.nonzero(~finite).squeeze(1).tolist())
         for i in sorted(bad):
@@ -219,6 +239,8 @@ def finite_rows(features: FeatureSet, *, finite_graphs: np.ndarray | None = None
     ``finite_graphs`` says which of ``features.graphs`` are finite where that is already known
     (:meth:`GraphStoreWriter.finite`); otherwise the graphs are checked here.
     """
+    import torch
+
     finite = torch.isfinite(features.descriptors).all(dim=1) & torch.isfinite(features.element_fraction).all(
         dim=1
     )
@@ -251,11 +273,15 @@ def _record_fingerprint(material: Material) -> list[Any]:
             except OSError:
                 structure = [path, None, None]
         else:
+            from topoclass.data.cache import fingerprint
+
             structure = fingerprint([ref.text, ref.format])
     return [material.id, material.formula, material.spacegroup, material.labels, structure]
 
 
 def _cache_key(raw: RawDataset, data: DataConfig) -> str:
+    from topoclass.data.cache import fingerprint
+
     settings = {
         "featurizer": FEATURIZER_VERSION,
         "dataset": raw.name,
@@ -270,6 +296,9 @@ def _cache_key(raw: RawDataset, data: DataConfig) -> str:
 
 def prepare_dataset(data: DataConfig) -> PreparedDataset:
     """Load the configured dataset's features, from the cache when it is current."""
+    from topoclass.data.cache import read_entry
+    from topoclass.data.datasets import load_dataset
+
     start = time.perf_counter()
     raw = load_dataset(data)
     key = _cache_key(raw, data)
@@ -304,7 +333,9 @@ def _featurize_into_cache(
 ) -> tuple[FeatureSet, list[Reject], dict[str, int]]:
     """Featurize, streaming the crystal graphs to disk, write the cache entry, and read it back
     memory-mapped: the memory a featurization needs does not grow with the number of structures."""
+    from topoclass.data.cache import begin_entry, read_entry, write_entry
     from topoclass.features.graph_store import GraphStoreWriter
+    from topoclass.tensorfile import numpy_code
 
     staging = begin_entry(entry)
     writer = GraphStoreWriter(data.graph.spectral_k, staging / "graph-parts") if staging is not None else None
@@ -341,6 +372,8 @@ def _featurize_into_cache(
 
 
 def _features_from_cache(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> FeatureSet:
+    from topoclass.data.featureset import FeatureSet
+
     graph_tensors = {k.removeprefix("graph."): v for k, v in tensors.items() if k.startswith("graph.")}
     graphs = None
     if graph_tensors:

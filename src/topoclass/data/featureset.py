@@ -7,16 +7,13 @@ samples that have a structure).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from topoclass.config import TaskConfig
-from topoclass.features.composition import NUM_FORMULA_FACTS
-from topoclass.tasks import task_type
+from topoclass.data.arrays import FeatureArrays
 
 if TYPE_CHECKING:
     from topoclass.features.graph_store import GraphStore
@@ -39,6 +36,37 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def from_arrays(cls, arrays: FeatureArrays) -> FeatureSet:
+        """The builder's arrays as tensors that share their memory (no copy)."""
+        return cls(
+            ids=arrays.ids,
+            formulas=arrays.formulas,
+            tasks=arrays.tasks,
+            element_index=torch.from_numpy(arrays.element_index),
+            element_fraction=torch.from_numpy(arrays.element_fraction),
+            descriptors=torch.from_numpy(arrays.descriptors),
+            spacegroup=torch.from_numpy(arrays.spacegroup),
+            labels=torch.from_numpy(arrays.labels),
+            graph_index=torch.from_numpy(arrays.graph_index),
+            graphs=arrays.graphs,
+        )
+
+    def arrays(self) -> FeatureArrays:
+        """The same features as NumPy arrays that share their memory (no copy)."""
+        return FeatureArrays(
+            ids=self.ids,
+            formulas=self.formulas,
+            tasks=self.tasks,
+            element_index=self.element_index.numpy(),
+            element_fraction=self.element_fraction.numpy(),
+            descriptors=self.descriptors.numpy(),
+            spacegroup=self.spacegroup.numpy(),
+            labels=self.labels.numpy(),
+            graph_index=self.graph_index.numpy(),
+            graphs=self.graphs,
+        )
 
     @property
     def has_structures(self) -> bool:
@@ -69,16 +97,9 @@ class FeatureSet:
 
     def batch(self, rows: torch.Tensor, *, with_graphs: bool) -> dict[str, Any]:
         """Slice one mini-batch; graphs only for rows that have a structure."""
-        element_index = self.element_index[rows]
-        # Element slots are padded to the dataset's widest formula; a batch needs only its own widest.
-        width = max(1, int((element_index > 0).sum(dim=1).max())) if len(rows) else 1
-        batch: dict[str, Any] = {
-            "element_index": element_index[:, :width],
-            "element_fraction": self.element_fraction[rows, :width],
-            "descriptors": self.descriptors_read(rows, with_graphs=with_graphs),
-            "spacegroup": self.spacegroup[rows],
-            "labels": self.labels[rows],
-        }
+        inputs = self.arrays().formula_inputs(rows.numpy(), with_graphs=with_graphs)
+        batch: dict[str, Any] = {name: torch.from_numpy(value) for name, value in inputs.items()}
+        batch["labels"] = self.labels[rows]
         if with_graphs and self.graphs is not None:
             graph_rows = self.graph_index[rows]
             present = torch.nonzero(graph_rows >= 0).squeeze(1)
@@ -88,21 +109,8 @@ class FeatureSet:
         return batch
 
     def descriptors_read(self, rows: torch.Tensor, *, with_graphs: bool) -> torch.Tensor:
-        """The descriptors a model (neural or trees) reads: [B, D], plus a flag column with graphs.
-
-        The band-filling facts assume the smallest plausible cell. Where a structure gives
-        the real cell, its electron count reaches the model as cell facts and the
-        assumption would only contradict it (for about one material in five), so there
-        they are zeroed; the flag marks the materials that keep them.
-        """
-        descriptors = self.descriptors[rows]
-        if not with_graphs:
-            return descriptors
-        assumed = (self.graph_index[rows] < 0) | (self.graphs is None)
-        flag = assumed.to(descriptors.dtype).unsqueeze(1)
-        return torch.cat(
-            [descriptors[:, :NUM_FORMULA_FACTS], descriptors[:, NUM_FORMULA_FACTS:] * flag, flag], dim=1
-        )
+        """:meth:`FeatureArrays.descriptors_read` as a tensor."""
+        return torch.from_numpy(self.arrays().descriptors_read(rows.numpy(), with_graphs=with_graphs))
 
     def tensors(self, *, with_graphs: bool = True) -> dict[str, torch.Tensor]:
         """Flat tensor dict for the cache (graphs prefixed with ``graph.``, unless left out)."""
@@ -117,15 +125,3 @@ class FeatureSet:
         if with_graphs and self.graphs is not None:
             out.update({f"graph.{k}": v for k, v in self.graphs.to_tensors().items()})
         return out
-
-
-def encode_labels(labels: list[dict[str, Any]], tasks: list[TaskConfig]) -> torch.Tensor:
-    """Canonical label dicts -> [N, T] float tensor (class index or value, NaN if missing)."""
-    out = np.full((len(labels), len(tasks)), math.nan, dtype=np.float32)
-    for col, task in enumerate(tasks):
-        kind = task_type(task)
-        for row, record in enumerate(labels):
-            value = record.get(task.label_column)
-            if value is not None:
-                out[row, col] = kind.encode(task, value)
-    return torch.from_numpy(out)

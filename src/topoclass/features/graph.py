@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from pymatgen.core import Structure
+
+if TYPE_CHECKING:
+    import torch
+    from pymatgen.core import Structure
 
 from topoclass.features.structures import PeriodicNeighbors, periodic_neighbors
 
@@ -85,12 +88,27 @@ def gaussian_rbf(distances: torch.Tensor, *, cutoff: float, num_rbf: int) -> tor
     The width equals the spacing of the centres, so neighbouring basis functions overlap
     and every distance in range lights up at least two of them.
     """
+    import torch  # here, not at the top: building graphs needs no PyTorch, only the model's use of them
+
     centers = torch.linspace(0.0, cutoff, num_rbf, device=distances.device, dtype=distances.dtype)
     width = cutoff / (num_rbf - 1)
     return torch.exp(-0.5 * ((distances.unsqueeze(-1) - centers) / width) ** 2)
 
 
 NUM_CELL_FACTS = 6
+
+
+def nodes_per_graph(batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """How many nodes each of ``num_graphs`` graphs has, [num_graphs] int64 (``batch``: each node's graph).
+
+    The counts ``torch.bincount`` gives, as a sum of ones: ONNX export cannot express bincount
+    with a number of graphs known only at run time.
+    """
+    import torch
+
+    return torch.zeros(num_graphs, dtype=torch.long, device=batch.device).index_add_(
+        0, batch, torch.ones_like(batch)
+    )
 
 
 def cell_facts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
@@ -102,9 +120,11 @@ def cell_facts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: in
     embedding can pair with these). The count is for the cell as given; Materials Project
     and JARVIS cells are primitive, which is the cell these constraints speak of.
     """
+    import torch
+
     electrons = torch.zeros(num_graphs, dtype=torch.long, device=atomic_numbers.device)
     electrons.index_add_(0, batch, atomic_numbers.long())
-    atoms = torch.bincount(batch, minlength=num_graphs).clamp_min(1)
+    atoms = nodes_per_graph(batch, num_graphs).clamp_min(1)
     quarter_turns = (electrons % 4).to(torch.float32) * (torch.pi / 2)
     eighth_turns = (electrons % 8).to(torch.float32) * (torch.pi / 4)
     return torch.stack(

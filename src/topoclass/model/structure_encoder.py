@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from topoclass.features.graph import NUM_CELL_FACTS, cell_facts, gaussian_rbf
+from topoclass.features.graph import NUM_CELL_FACTS, cell_facts, gaussian_rbf, nodes_per_graph
 from topoclass.features.graph_store import GraphBatch
 from topoclass.model.crystal_conv import CrystalGraphConv
 
@@ -28,8 +28,8 @@ class SignInvariantPositionalEncoding(nn.Module):
     def forward(
         self, pe: torch.Tensor, eigenvalues: torch.Tensor, mask: torch.Tensor, batch: torch.Tensor
     ) -> torch.Tensor:
-        nodes_per_graph = torch.bincount(batch, minlength=eigenvalues.shape[0]).to(pe.dtype)
-        scaled = pe * nodes_per_graph.sqrt()[batch].unsqueeze(1)
+        sizes = nodes_per_graph(batch, eigenvalues.shape[0]).to(pe.dtype)
+        scaled = pe * sizes.sqrt()[batch].unsqueeze(1)
         values = eigenvalues[batch].to(pe.dtype)
         plus = self.phi(torch.stack([scaled, values], dim=-1))
         minus = self.phi(torch.stack([-scaled, values], dim=-1))
@@ -101,6 +101,6 @@ def mean_and_max_pool(
     index = graph.unsqueeze(1).expand_as(nodes)
     shape = (num_graphs, nodes.shape[1])
     sums = nodes.new_zeros(shape).scatter_add_(0, index, nodes)
-    counts = torch.bincount(graph, minlength=num_graphs).clamp_min(1).to(nodes.dtype).unsqueeze(1)
+    counts = nodes_per_graph(graph, num_graphs).clamp_min(1).to(nodes.dtype).unsqueeze(1)
     maxima = nodes.new_zeros(shape).scatter_reduce_(0, index, nodes, "amax", include_self=False)
     return sums / counts, maxima
