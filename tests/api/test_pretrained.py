@@ -15,6 +15,8 @@ import topoclass as tc
 from tests.helpers import DATA_DIR, run_cli
 from topoclass.api import bundled_model_dir
 from topoclass.app.evaluate import evaluate_run
+from topoclass.app.predict import load_run
+from topoclass.app.torch_network import torch_network
 from topoclass.errors import CheckpointError
 
 BUNDLES = ["tang2019", "tqc2020"]
@@ -90,12 +92,12 @@ def test_known_materials_get_the_outputs_stored_on_the_card(name):
 
 def perturbed(name: str, relative: float):
     """Bundle ``name`` with every weight moved by ``relative`` (a seeded Gaussian, per weight)."""
-    model = tc.load(name)
+    run = load_run(bundled_model_dir(name), backend="torch")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for parameter in model._run.model.parameters():
+        for parameter in torch_network(run).model.parameters():
             parameter.mul_(1 + relative * torch.randn(parameter.shape, generator=generator))
-    return model
+    return tc.Predictor(run)
 
 
 @pytest.mark.parametrize("name", BUNDLES)
