@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"model", "checkpoint"},
     {"trainer"},
     {"app"},
+    {"screen"},
     {"api", "cli", "__init__", "__main__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -18,6 +18,7 @@ from topoclass.app.serving import Serving, load_serving, not_applicable, predict
 from topoclass.checkpoint.manager import LoadedCheckpoint, load_component, read_checkpoint
 from topoclass.config import Config, TaskConfig
 from topoclass.data.build import featurize_materials
+from topoclass.data.featureset import FeatureSet
 from topoclass.data.records import Material, Reject
 from topoclass.errors import DamagedCheckpointError
 from topoclass.model.inference import raw_outputs
@@ -88,6 +89,14 @@ def predict_materials(
     features, skipped = featurize_materials(materials, run.tasks, run.config.data)
     if features is None:
         return Predictions([], skipped)
+    return Predictions(prediction_rows(run, features, predictor=predictor), skipped)
+
+
+def prediction_rows(
+    run: TrainedRun, features: FeatureSet, *, predictor: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per material of ``features``: id, formula, space group, and per task the answer,
+    its probabilities and the source that gave it. The one call from features to answers."""
     outputs = raw_outputs(
         run.model, features, torch.arange(len(features)), batch_size=VALIDATION_BATCH, device=run.device
     )
@@ -114,4 +123,4 @@ def predict_materials(
                 row[task.name] = None  # no such label here; the probabilities say "if it had one"
             row[f"{task.name}:predictor"] = sources[task.name]
         rows.append(row)
-    return Predictions(rows, skipped)
+    return rows
