@@ -191,15 +191,20 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def _cmd_slurm_template(args: argparse.Namespace) -> int:
-    from topoclass.app.slurm import sbatch_script
+    from topoclass.app.slurm import sbatch_script, screen_script
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    print(
-        sbatch_script(
+    if train_args[:1] == ["screen"]:
+        screen_args = train_args[1:]
+        screen_args = screen_args[1:] if screen_args[:1] == ["--"] else screen_args
+        script = screen_script(
+            shards=args.shards, cpus=args.cpus, time=args.time, lead=args.lead, screen_args=screen_args
+        )
+    else:
+        script = sbatch_script(
             gpus=args.gpus, nodes=args.nodes, time=args.time, lead=args.lead, train_args=train_args
-        ),
-        end="",
-    )
+        )
+    print(script, end="")
     return 0
 
 
@@ -342,8 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument(
         "--lead", type=int, default=300, help="seconds of warning before the limit (default 300)"
     )
+    slurm.add_argument("--shards", type=int, default=10, help="screen: array tasks (default 10)")
+    slurm.add_argument("--cpus", type=int, default=8, help="screen: CPUs per array task (default 8)")
     slurm.add_argument(
-        "train_args", nargs=argparse.REMAINDER, help="-- then the arguments of topoclass train"
+        "train_args",
+        nargs=argparse.REMAINDER,
+        help="-- then the arguments of topoclass train; or screen, then those of topoclass screen",
     )
     slurm.set_defaults(func=_cmd_slurm_template)
 

@@ -15,6 +15,7 @@ import bz2
 import glob
 import gzip
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -46,19 +47,35 @@ class InputItem:
     problem: str = ""
 
 
-def expand_inputs(arguments: Sequence[str | os.PathLike[str]]) -> list[Path]:
+@dataclass(frozen=True)
+class InputPath:
+    """One input, and the folder its structure files' ids are relative to."""
+
+    path: Path
+    root: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def expand_inputs(arguments: Sequence[str | os.PathLike[str]]) -> list[InputPath]:
     """Each argument as a path, globs expanded (sorted, ``**`` recursive); DataError for one that
-    names nothing."""
-    paths: list[Path] = []
+    names nothing. A glob's files are named relative to the folder before its first wildcard."""
+    paths: list[InputPath] = []
     for argument in arguments:
-        text = os.fspath(argument)
+        text = os.path.expanduser(os.fspath(argument))
         if glob.has_magic(text):
-            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            matches = sorted(glob.glob(text, recursive=True))
             if not matches:
                 raise DataError("the pattern matches no file", file=text)
-            paths.extend(Path(match) for match in matches)
-        elif Path(text).expanduser().exists():
-            paths.append(Path(text).expanduser())
+            fixed = Path(
+                *[part for part in itertools.takewhile(lambda p: not glob.has_magic(p), Path(text).parts)]
+            )
+            paths.extend(InputPath(Path(match), fixed) for match in matches)
+        elif Path(text).is_dir():
+            paths.append(InputPath(Path(text), Path(text)))
+        elif Path(text).exists():
+            paths.append(InputPath(Path(text), Path(text).parent))
         else:
             raise DataError("no such file or folder", file=text)
     return paths
@@ -88,16 +105,17 @@ def _file_kind(path: Path) -> str | None:
     return kinds.get(suffix) or ("table" if suffix in TABLE_SUFFIXES else None)
 
 
-def iter_items(paths: Sequence[Path], *, payload: bool = True) -> Iterator[InputItem]:
-    """Every item of ``paths``, in order. Without ``payload`` only ids and sources are wanted
+def iter_items(inputs: Sequence[InputPath], *, payload: bool = True) -> Iterator[InputItem]:
+    """Every item of ``inputs``, in order. Without ``payload`` only ids and sources are wanted
     (counting the input): the readers skip work they can."""
-    for path in paths:
+    for entry in inputs:
+        path = entry.path
         kind = input_kind(path)
         if kind == "folder":
             for file in _walk(path):
-                yield _structure_item(file, _relative_id(file, path))
+                yield _structure_item(file, _relative_id(file, entry.root))
         elif kind == "structure":
-            yield _structure_item(path, _relative_id(path, path.parent))
+            yield _structure_item(path, _relative_id(path, entry.root))
         elif kind == "frames":
             yield from _frames(path)
         elif kind == "database":
@@ -282,17 +300,17 @@ class InputSurvey:
         return -(-self.items // chunk_size)
 
 
-def survey(paths: Sequence[Path]) -> InputSurvey:
-    """Count and fingerprint the items of ``paths`` (a first, light pass over them)."""
+def survey(inputs: Sequence[InputPath]) -> InputSurvey:
+    """Count and fingerprint the items of ``inputs`` (a first, light pass over them)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in paths:
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for entry in inputs:
+        if entry.path.is_file():
+            stat = entry.path.stat()
+            digest.update(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     count = 0
-    for item in iter_items(paths, payload=False):
+    for item in iter_items(inputs, payload=False):
         digest.update(f"{item.id}\0{item.source}\n".encode())
         count += 1
-    return InputSurvey([str(path) for path in paths], count, digest.hexdigest())
+    return InputSurvey([str(entry) for entry in inputs], count, digest.hexdigest())

@@ -32,7 +32,7 @@ from topoclass.distributed import ProcessGroup
 from topoclass.errors import ConfigError
 from topoclass.screen.applicability import Applicability, applicability_for
 from topoclass.screen.chunks import CANDIDATES_FILE, SUMMARY_FILE, ChunkRecord, ScreenFolder
-from topoclass.screen.inputs import InputItem, InputSurvey, expand_inputs, iter_items, survey
+from topoclass.screen.inputs import InputItem, InputPath, InputSurvey, expand_inputs, iter_items, survey
 from topoclass.screen.results import (
     add_counts,
     candidates,
@@ -160,7 +160,7 @@ def _claim(folder: ScreenFolder, group: ProcessGroup, fingerprint: dict[str, Any
 
 def _screen_chunks(
     run: TrainedRun,
-    paths: Sequence[Path],
+    paths: Sequence[InputPath],
     folder: ScreenFolder,
     todo: list[int],
     found: InputSurvey,
