@@ -156,7 +156,7 @@ def _cmd_screen(args: argparse.Namespace) -> int:
             oversize_atoms=args.oversize_atoms,
         )
     finally:
-        if model.last_screen is not None and not model.last_screen.stopped:
+        if model.last_screen is not None and model.last_screen.primary and not model.last_screen.stopped:
             print(model.last_screen.line())
     return 0
 

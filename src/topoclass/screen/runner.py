@@ -92,6 +92,7 @@ class ScreenOutcome:
     seconds: float
     stopped: str | None = None  # the signal that stopped it
     summary: dict[str, Any] | None = None
+    primary: bool = True  # the process that reports (rank 0 of a torchrun screen)
 
     def line(self) -> str:
         """The final line a user reads."""
@@ -144,9 +145,8 @@ def screen(
             summary = _merge(run, folder, done, found, ranked, settings)
     finally:
         distributed.stop()
-    return ScreenOutcome(
-        folder.root, total, len(done), screened, time.perf_counter() - start, stopped, summary
-    )
+    elapsed = time.perf_counter() - start
+    return ScreenOutcome(folder.root, total, len(done), screened, elapsed, stopped, summary, group.is_primary)
 
 
 def _claim(folder: ScreenFolder, group: ProcessGroup, fingerprint: dict[str, Any]) -> None:
