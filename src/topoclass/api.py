@@ -216,9 +216,12 @@ class Predictor:
         or None while other shards (``shard="I/N"``) still have chunks to do. Raises
         :class:`~topoclass.errors.ResumableStop` when a stop signal ended it early.
         """
-        from topoclass.screen.runner import ScreenSettings
-        from topoclass.screen.runner import screen as run_screen
-        from topoclass.screen.sharding import Shard, parse_shard
+        try:
+            from topoclass.screen.runner import ScreenSettings
+            from topoclass.screen.runner import screen as run_screen
+            from topoclass.screen.sharding import Shard, parse_shard
+        except ModuleNotFoundError as missing:
+            raise TopoclassError(f"screening needs {missing.name}: pip install 'topoclass[screen]'") from None
 
         if predictor is not None and predictor not in PREDICTORS:
             raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}, not '{predictor}'")

@@ -52,14 +52,10 @@ def read_table(
     path = Path(path)
     materials: list[Material] = []
     rejects: list[Reject] = []
-    for record in iter_table(
-        path,
-        id_column=id_column,
-        formula_column=formula_column,
-        spacegroup_column=spacegroup_column,
-        structure_column=structure_column,
-        label_columns=label_columns,
-    ):
+    columns = TableColumns(
+        id_column, formula_column, spacegroup_column, structure_column, tuple(label_columns)
+    )
+    for record in iter_table(path, columns):
         if isinstance(record, Material):
             materials.append(record)
         else:
@@ -68,20 +64,12 @@ def read_table(
     return materials, rejects
 
 
-def iter_table(
-    path: str | Path,
-    *,
-    id_column: str = "id",
-    formula_column: str = "formula",
-    spacegroup_column: str = "spacegroup",
-    structure_column: str = "structure",
-    label_columns: Sequence[str] = (),
-) -> Iterator[Material | Reject]:
+def iter_table(path: str | Path, columns: TableColumns | None = None) -> Iterator[Material | Reject]:
     """The records of :func:`read_table` one at a time, in file order, reading the file as it goes:
     memory does not grow with the table. A JSON-lines file names its columns row by row, so a
     required column it never has is reported after its last row."""
     path = Path(path)
-    columns = _Columns(id_column, formula_column, spacegroup_column, structure_column, tuple(label_columns))
+    columns = columns or TableColumns()
     header, rows = _parse_file(path)
     seen: set[str] = set(header or ())
     if header is not None:
@@ -94,14 +82,14 @@ def iter_table(
 
 
 @dataclass(frozen=True)
-class _Columns:
-    """Which column holds what."""
+class TableColumns:
+    """Which column holds what (the names :func:`read_table` takes)."""
 
-    id: str
-    formula: str
-    spacegroup: str
-    structure: str
-    labels: tuple[str, ...]
+    id: str = "id"
+    formula: str = "formula"
+    spacegroup: str = "spacegroup"
+    structure: str = "structure"
+    labels: tuple[str, ...] = ()
 
     def check(self, path: Path, present: set[str]) -> None:
         required = list(self.labels)
@@ -112,6 +100,7 @@ class _Columns:
                 raise DataError(f"required column '{column}' not found", file=path, field=column)
 
     def record(self, path: Path, line: int, cells: dict[str, Any]) -> Material | Reject:
+        """The record of one row (a reject when the row cannot be one)."""
         source = f"{path}:{line}"
         row_id = _text(cells.get(self.id)) or f"{path.stem}:{line}"
         if all(_text(value) == "" for value in cells.values()):
