@@ -64,6 +64,8 @@ def test_ase_database_rows_are_items_named_by_their_material_id(tmp_path):
     assert read_structure(items[2].material.structure).composition.reduced_formula == "NaCl"
     unparsed = iter_items(expand_inputs([path]), payload=False)
     assert [item.id for item in unparsed] == ["x-0", "crystals#2", "x-2"]
+    only_second = list(iter_items(expand_inputs([path]), payload=lambda position: position == 1))
+    assert [item.material is not None for item in only_second] == [False, True, False]
 
 
 def test_table_rows_with_and_without_structures(tmp_path):

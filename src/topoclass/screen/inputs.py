@@ -18,7 +18,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -105,25 +105,46 @@ def _file_kind(path: Path) -> str | None:
     return kinds.get(suffix) or ("table" if suffix in TABLE_SUFFIXES else None)
 
 
-def iter_items(inputs: Sequence[InputPath], *, payload: bool = True) -> Iterator[InputItem]:
-    """Every item of ``inputs``, in order. Without ``payload`` only ids and sources are wanted
-    (counting the input): the readers skip work they can."""
+def iter_items(
+    inputs: Sequence[InputPath], *, payload: bool | Callable[[int], bool] = True
+) -> Iterator[InputItem]:
+    """Every item of ``inputs``, in order. ``payload`` says for which items (by position) the
+    material is wanted; for the others only ids and sources are (counting the input, or items
+    another process screens), and the readers skip the work they can."""
+    cursor = _Cursor(payload)
     for entry in inputs:
-        path = entry.path
-        kind = input_kind(path)
-        if kind == "folder":
-            for file in _walk(path):
-                yield _structure_item(file, _relative_id(file, entry.root))
-        elif kind == "structure":
-            yield _structure_item(path, _relative_id(path, entry.root))
-        elif kind == "frames":
-            yield from _frames(path)
-        elif kind == "database":
-            yield from _database_rows(path, payload=payload)
-        elif kind == "table":
-            yield from _table_rows(path)
-        else:
-            yield from _json_entries(path, payload=payload)
+        for item in _read(entry, cursor):
+            yield item
+            cursor.position += 1
+
+
+@dataclass
+class _Cursor:
+    """The position of the next item, and whether its material is wanted."""
+
+    payload: bool | Callable[[int], bool]
+    position: int = 0
+
+    def wanted(self) -> bool:
+        return self.payload(self.position) if callable(self.payload) else self.payload
+
+
+def _read(entry: InputPath, cursor: _Cursor) -> Iterator[InputItem]:
+    path = entry.path
+    kind = input_kind(path)
+    if kind == "folder":
+        for file in _walk(path):
+            yield _structure_item(file, _relative_id(file, entry.root))
+    elif kind == "structure":
+        yield _structure_item(path, _relative_id(path, entry.root))
+    elif kind == "frames":
+        yield from _frames(path)
+    elif kind == "database":
+        yield from _database_rows(path, cursor)
+    elif kind == "table":
+        yield from _table_rows(path)
+    else:
+        yield from _json_entries(path, cursor)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -195,7 +216,7 @@ def _frames(path: Path) -> Iterator[InputItem]:
             frame += 1
 
 
-def _database_rows(path: Path, *, payload: bool) -> Iterator[InputItem]:
+def _database_rows(path: Path, cursor: _Cursor) -> Iterator[InputItem]:
     """The rows of an ASE database (ase.db), as extended XYZ text for the same parser as files."""
     import ase.db
     import ase.io
@@ -206,7 +227,7 @@ def _database_rows(path: Path, *, payload: bool) -> Iterator[InputItem]:
         for row in rows:
             item_id = str(row.key_value_pairs.get("material_id") or f"{path.stem}#{row.id}")
             source = f"{path}#id={row.id}"
-            if not payload:
+            if not cursor.wanted():
                 yield InputItem(item_id, source, None)
                 continue
             try:
@@ -230,7 +251,7 @@ def _table_rows(path: Path) -> Iterator[InputItem]:
             yield InputItem(record.id, record.source, None, record.reason)
 
 
-def _json_entries(path: Path, *, payload: bool) -> Iterator[InputItem]:
+def _json_entries(path: Path, cursor: _Cursor) -> Iterator[InputItem]:
     """A pymatgen JSON dump: a list of ComputedStructureEntry or Structure dicts, a dict holding
     such a list under ``entries`` (Alexandria), or a single structure or entry."""
     try:
@@ -249,7 +270,7 @@ def _json_entries(path: Path, *, payload: bool) -> Iterator[InputItem]:
                 prefix = "item" if first == b"[" else "entries.item"
                 documents = ijson.items(stream, prefix, use_float=True)
             for index, document in enumerate(documents):
-                yield _json_item(path, index, document, payload=payload)
+                yield _json_item(path, index, document, payload=cursor.wanted())
     except (OSError, EOFError, ValueError) as error:  # ijson's and json's errors are ValueErrors
         raise DataError(f"not a readable JSON dump ({type(error).__name__}: {error})", file=path) from None
 

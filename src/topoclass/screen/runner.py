@@ -185,7 +185,8 @@ def _screen_chunks(
             install_stop_handlers() as stop,
             tqdm(total=sizes, desc="screening", unit="structure", disable=not progress, smoothing=0.1) as bar,
         ):
-            for chunk, items in enumerate(_batched(iter_items(paths), settings.chunk_size)):
+            mine = iter_items(paths, payload=lambda position: position // settings.chunk_size in wanted)
+            for chunk, items in enumerate(_batched(mine, settings.chunk_size)):
                 if chunk not in wanted:
                     if chunk >= last:
                         break
