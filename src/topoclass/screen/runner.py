@@ -29,7 +29,7 @@ from topoclass.app.predict import TrainedRun, prediction_rows
 from topoclass.data.build import featurize_materials
 from topoclass.data.featureset import FeatureSet
 from topoclass.distributed import ProcessGroup
-from topoclass.errors import ConfigError
+from topoclass.errors import ConfigError, TopoclassError
 from topoclass.screen.applicability import Applicability, applicability_for
 from topoclass.screen.chunks import CANDIDATES_FILE, SUMMARY_FILE, ChunkRecord, ScreenFolder
 from topoclass.screen.inputs import InputItem, InputPath, InputSurvey, expand_inputs, iter_items, survey
@@ -44,7 +44,7 @@ from topoclass.screen.results import (
     write_summary,
 )
 from topoclass.screen.sharding import Assignment, Shard
-from topoclass.trainer.signals import install_stop_handlers
+from topoclass.trainer.signals import StopRequest, install_stop_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -122,22 +122,26 @@ def screen(
     group = distributed.environment_group()
     distributed.start(group, torch.device("cpu"), BARRIER_TIMEOUT_S)
     try:
-        found = survey(paths)
-        folder = ScreenFolder(Path(out))
-        _claim(folder, group, _fingerprint(run, found, settings))
-        total = found.chunks(settings.chunk_size)
-        done = folder.done()
-        todo = [c for c in Assignment.of(settings.shard, group).chunks(total) if c not in done]
-        logger.info(
-            "%d inputs in %d chunks of %d: %d done before, %d for this process",
-            found.items,
-            total,
-            settings.chunk_size,
-            len(done),
-            len(todo),
-        )
-        domain = applicability_for(run) if todo else None
-        screened, stopped = _screen_chunks(run, paths, folder, todo, found, domain, settings)
+        # Until the first chunk starts there is nothing to finish: a stop signal stops at once (75).
+        with install_stop_handlers() as stop:
+            stop.immediate = True
+            found = survey(paths)
+            folder = ScreenFolder(Path(out))
+            _claim(folder, group, _fingerprint(run, found, settings))
+            total = found.chunks(settings.chunk_size)
+            done = folder.done()
+            todo = [c for c in Assignment.of(settings.shard, group).chunks(total) if c not in done]
+            logger.info(
+                "%d inputs in %d chunks of %d: %d done before, %d for this process",
+                found.items,
+                total,
+                settings.chunk_size,
+                len(done),
+                len(todo),
+            )
+            domain = applicability_for(run) if todo else None
+            stop.immediate = False
+            screened = _screen_chunks(run, paths, folder, todo, found, domain, settings, stop)
         group.barrier()
         done = folder.done()
         summary = None
@@ -146,14 +150,24 @@ def screen(
     finally:
         distributed.stop()
     elapsed = time.perf_counter() - start
-    return ScreenOutcome(folder.root, total, len(done), screened, elapsed, stopped, summary, group.is_primary)
+    return ScreenOutcome(
+        folder.root, total, len(done), screened, elapsed, stop.signal_name, summary, group.is_primary
+    )
 
 
 def _claim(folder: ScreenFolder, group: ProcessGroup, fingerprint: dict[str, Any]) -> None:
-    """The first process records the fingerprint; the others check it once it is there."""
+    """The first process records the fingerprint (or refuses the folder); the others check it then."""
+    problem: TopoclassError | None = None
     if group.is_primary:
-        folder.claim(fingerprint)
-    group.barrier()
+        try:
+            folder.claim(fingerprint)
+        except TopoclassError as error:
+            problem = error
+    refusal = group.gather_objects(str(problem) if problem is not None else None)[0]
+    if problem is not None:
+        raise problem
+    if refusal is not None:
+        raise ConfigError(refusal)
     if not group.is_primary:
         folder.claim(fingerprint)
 
@@ -166,10 +180,11 @@ def _screen_chunks(
     found: InputSurvey,
     domain: Applicability | None,
     settings: ScreenSettings,
-) -> tuple[int, str | None]:
-    """Screen and commit the chunks ``todo``; the number of inputs screened, and the stop signal."""
+    stop: StopRequest,
+) -> int:
+    """Screen and commit the chunks ``todo`` until done or ``stop`` is requested; the inputs screened."""
     if not todo:
-        return 0, None
+        return 0
     wanted = set(todo)
     last = max(todo)
     sizes = sum(min(settings.chunk_size, found.items - c * settings.chunk_size) for c in todo)
@@ -181,10 +196,8 @@ def _screen_chunks(
     for log in quiet:
         log.setLevel(logging.WARNING)
     try:
-        with (
-            install_stop_handlers() as stop,
-            tqdm(total=sizes, desc="screening", unit="structure", disable=not progress, smoothing=0.1) as bar,
-        ):
+        bar = tqdm(total=sizes, desc="screening", unit="structure", disable=not progress, smoothing=0.1)
+        with bar:
             mine = iter_items(paths, payload=lambda position: position // settings.chunk_size in wanted)
             for chunk, items in enumerate(_batched(mine, settings.chunk_size)):
                 if chunk not in wanted:
@@ -206,7 +219,7 @@ def _screen_chunks(
     finally:
         for log, level in zip(quiet, levels, strict=True):
             log.setLevel(level)
-    return screened, stop.signal_name
+    return screened
 
 
 def screen_chunk(
