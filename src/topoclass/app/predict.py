@@ -93,12 +93,12 @@ def predict_materials(
 
 
 def prediction_rows(
-    run: TrainedRun, features: FeatureSet, *, predictor: str | None = None
+    run: TrainedRun, features: FeatureSet, *, predictor: str | None = None, batch_size: int = VALIDATION_BATCH
 ) -> list[dict[str, Any]]:
     """One row per material of ``features``: id, formula, space group, and per task the answer,
     its probabilities and the source that gave it. The one call from features to answers."""
     outputs = raw_outputs(
-        run.model, features, torch.arange(len(features)), batch_size=VALIDATION_BATCH, device=run.device
+        run.model, features, torch.arange(len(features)), batch_size=batch_size, device=run.device
     )
     probabilities, decisions, sources = predictions_for(
         run.serving,

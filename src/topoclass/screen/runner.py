@@ -44,6 +44,7 @@ from topoclass.screen.results import (
     write_summary,
 )
 from topoclass.screen.sharding import Assignment, Shard
+from topoclass.trainer.loop import VALIDATION_BATCH
 from topoclass.trainer.signals import StopRequest, install_stop_handlers
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ logger = logging.getLogger(__name__)
 ROW_FORMAT = 1
 # How long the processes of a torchrun screen wait for each other at the end.
 BARRIER_TIMEOUT_S = 6 * 3600.0
+# On a CPU the network runs twice as fast on batches of 64 as of 1024: a batch's edge tensors then
+# stay in the cache. A GPU wants large batches.
+CPU_BATCH = 64
 # Featurization logs a line per call, so per chunk: the progress bar says it better.
 _QUIET_LOGGERS = ("topoclass.features.structure_pipeline", "topoclass.data.tables")
 
@@ -236,7 +240,9 @@ def screen_chunk(
     answered: dict[int, dict[str, Any]] = {}
     if features is not None:
         flags = _flags(features, domain, settings)
-        for j, row in enumerate(prediction_rows(run, features, predictor=settings.predictor)):
+        batch = CPU_BATCH if run.device.type == "cpu" else VALIDATION_BATCH
+        answers = prediction_rows(run, features, predictor=settings.predictor, batch_size=batch)
+        for j, row in enumerate(answers):
             answered[int(row["id"])] = {**row, **{name: values[j] for name, values in flags.items()}}
     rows = []
     for i, item in enumerate(items):
