@@ -146,7 +146,7 @@ def memory(args: argparse.Namespace, root: Path) -> None:
     peaks = {}
     for count in (args.small, args.large):
         rss, seconds = peak_rss_mib(
-            screen_command(table(root, count), root / f"mem-{count}", "--chunk-size", "1000")
+            screen_command(table(root, count), root / f"mem-{count}", "--chunk-size", str(args.chunk_size))
         )
         peaks[count] = rss
         print(f"{count:>8} structures: peak RSS {rss:7.1f} MiB, {seconds:7.1f} s ({count / seconds:.1f}/s)")
@@ -191,6 +191,7 @@ def main() -> None:
     rss = modes.add_parser("memory")
     rss.add_argument("--small", type=int, default=10_000)
     rss.add_argument("--large", type=int, default=200_000)
+    rss.add_argument("--chunk-size", type=int, default=1000)
     kill = modes.add_parser("kills")
     kill.add_argument("--structures", type=int, default=50_000)
     kill.add_argument("--kills", type=int, default=5)
