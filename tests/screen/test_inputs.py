@@ -148,3 +148,13 @@ def test_survey_counts_and_changes_with_the_input_list(tmp_path):
     assert survey(expand_inputs([folder])).digest == first.digest
     crystals(5)[4].to(filename=str(folder / "c099.cif"))
     assert survey(expand_inputs([folder])).digest != first.digest
+
+
+def test_a_frame_longer_than_its_file_is_reported_not_read_forever(tmp_path):
+    path = tmp_path / "cut.xyz"
+    frame = '2\nLattice="3 0 0 0 3 0 0 0 3" pbc="T T T"\nNa 0 0 0\nCl 1.5 1.5 1.5\n'
+    path.write_text(frame + "1000000000\nx\nNa 0 0 0\n")
+    items = items_of(path)
+    assert [item.id for item in items] == ["cut#0", "cut#1"]
+    assert items[0].material is not None
+    assert items[1].material is None and "ends inside the frame" in items[1].problem

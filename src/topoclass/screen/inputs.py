@@ -208,8 +208,8 @@ def _frames(path: Path) -> Iterator[InputItem]:
                     item_id, source, None, f"frame {frame}: '{line.strip()[:40]}' is not an atom count"
                 )
                 return
-            body = [stream.readline() for _ in range(count + 1)]
-            if count < 0 or (body and not body[-1]):
+            body = list(itertools.islice(iter(stream.readline, ""), count + 1)) if count >= 0 else []
+            if len(body) < count + 1:  # a negative count, or the file ends first
                 yield InputItem(item_id, source, None, f"frame {frame}: the file ends inside the frame")
                 return
             yield _inline_item(item_id, source, line + "".join(body), "extxyz")
