@@ -178,6 +178,7 @@ def nearest_distance(vectors: np.ndarray, reference: np.ndarray, block: int = 10
     """
     if len(reference) == 0:
         return np.full(len(vectors), np.inf)
+    vectors, reference = vectors.astype(np.float64), reference.astype(np.float64)  # no rounding noise at 0
     squared = (reference * reference).sum(axis=1)
     out = np.empty(len(vectors))
     for start in range(0, len(vectors), block):

@@ -143,7 +143,11 @@ def screen(
                 len(done),
                 len(todo),
             )
-            domain = applicability_for(run) if todo else None
+            # Fitted (once, on the training data) by the first process, then read by the others.
+            domain = applicability_for(run) if group.is_primary else None
+            group.barrier()
+            if todo and domain is None and not group.is_primary:
+                domain = applicability_for(run)
             stop.immediate = False
             screened = _screen_chunks(run, paths, folder, todo, found, domain, settings, stop)
         group.barrier()
