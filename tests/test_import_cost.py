@@ -21,8 +21,18 @@ ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--space
         ([*ONE_FORMULA, "--predictor", "network"], {"torch"}),
         (ONE_FORMULA, {"torch", "lightgbm", "sklearn"}),  # LightGBM imports scikit-learn itself
         (["predict", "--model", "tqc2020", "--predictor", "network", "--structure", str(EXAMPLE)], {"torch"}),
+        (["screen", "--help"], set()),
+        (["slurm-template", "screen", "tqc2020", "cifs/", "-o", "out"], set()),
     ],
-    ids=["help", "checkpoints", "predict-network", "predict-served", "predict-structure"],
+    ids=[
+        "help",
+        "checkpoints",
+        "predict-network",
+        "predict-served",
+        "predict-structure",
+        "screen-help",
+        "slurm",
+    ],
 )
 def test_commands_import_only_what_they_use(args, allowed, tmp_path):
     assert heavy_imports(args, tmp_path) <= allowed
