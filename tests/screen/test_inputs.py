@@ -15,7 +15,8 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from tests.screen.conftest import crystals, write_folder
 from topoclass.errors import DataError
 from topoclass.features.structures import read_structure
-from topoclass.screen.inputs import expand_inputs, iter_items, survey
+from topoclass.screen.chunks import survey
+from topoclass.screen.inputs import expand_inputs, iter_items
 
 
 def items_of(*paths: Path) -> list:

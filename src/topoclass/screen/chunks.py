@@ -8,8 +8,8 @@ either a done chunk or one that is screened again, never half a chunk and never 
 Every process of a sharded screen writes only its own chunks: nothing is shared but the
 folder. The names start with ``_`` so Parquet readers of the folder skip them.
 
-``_screen.json`` records the fingerprint of the model, the input list and the settings: a
-rerun into the same folder continues only when all three are the same.
+``_screen.json`` records the fingerprint of the model, the input list (:func:`survey`) and the
+settings: a rerun into the same folder continues only when all three are the same.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from topoclass.errors import ConfigError, DataError
 from topoclass.files import atomic_write
+from topoclass.screen.inputs import InputPath, iter_items
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,34 @@ class ScreenFolder:
     def parts(self, records: dict[int, ChunkRecord]) -> list[Path]:
         """The part files of ``records``, in chunk order."""
         return [self.root / records[chunk].part for chunk in sorted(records)]
+
+
+@dataclass(frozen=True)
+class InputSurvey:
+    """What a list of inputs holds, read once without parsing a structure: the number of items and
+    a digest of their ids and sources (and of the inputs' sizes and dates), which a resumed screen
+    must match."""
+
+    paths: list[str]
+    items: int
+    digest: str
+
+    def chunks(self, chunk_size: int) -> int:
+        return -(-self.items // chunk_size)
+
+
+def survey(inputs: Sequence[InputPath]) -> InputSurvey:
+    """Count and fingerprint the items of ``inputs`` (a first, light pass over them)."""
+    digest = hashlib.sha256()
+    for entry in inputs:
+        if entry.path.is_file():
+            stat = entry.path.stat()
+            digest.update(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    count = 0
+    for item in iter_items(inputs, payload=False):
+        digest.update(f"{item.id}\0{item.source}\n".encode())
+        count += 1
+    return InputSurvey([str(entry) for entry in inputs], count, digest.hexdigest())
 
 
 def _check_same(root: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:

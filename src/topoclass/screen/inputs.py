@@ -305,33 +305,3 @@ def _json_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-
-
-@dataclass(frozen=True)
-class InputSurvey:
-    """What a list of inputs holds, read once without parsing a structure: the number of items and
-    a digest of their ids and sources (and of the inputs' sizes and dates), which a resumed screen
-    must match."""
-
-    paths: list[str]
-    items: int
-    digest: str
-
-    def chunks(self, chunk_size: int) -> int:
-        return -(-self.items // chunk_size)
-
-
-def survey(inputs: Sequence[InputPath]) -> InputSurvey:
-    """Count and fingerprint the items of ``inputs`` (a first, light pass over them)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for entry in inputs:
-        if entry.path.is_file():
-            stat = entry.path.stat()
-            digest.update(f"{entry.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    count = 0
-    for item in iter_items(inputs, payload=False):
-        digest.update(f"{item.id}\0{item.source}\n".encode())
-        count += 1
-    return InputSurvey([str(entry) for entry in inputs], count, digest.hexdigest())

@@ -31,8 +31,15 @@ from topoclass.data.featureset import FeatureSet
 from topoclass.distributed import ProcessGroup
 from topoclass.errors import ConfigError, TopoclassError
 from topoclass.screen.applicability import Applicability, applicability_for
-from topoclass.screen.chunks import CANDIDATES_FILE, SUMMARY_FILE, ChunkRecord, ScreenFolder
-from topoclass.screen.inputs import InputItem, InputPath, InputSurvey, expand_inputs, iter_items, survey
+from topoclass.screen.chunks import (
+    CANDIDATES_FILE,
+    SUMMARY_FILE,
+    ChunkRecord,
+    InputSurvey,
+    ScreenFolder,
+    survey,
+)
+from topoclass.screen.inputs import InputItem, InputPath, expand_inputs, iter_items
 from topoclass.screen.results import (
     add_counts,
     candidates,
