@@ -172,23 +172,34 @@ def kills(args: argparse.Namespace, root: Path) -> None:
     rng = random.Random(args.seed)
     out = root / "killed"
     command = screen_command(inputs, out, "--chunk-size", str(args.chunk_size))
+    total = -(-args.structures // args.chunk_size)
+    killed = 0
     for kill in range(args.kills):
+        # A random number of chunks more, leaving room for the kills still to come, then a random
+        # moment inside the next chunk (its featurization, its write, or its commit).
+        done = _committed(out)
+        target = done + rng.randint(1, max(1, (total - done) // (args.kills - kill + 1)))
         process = subprocess.Popen(command, env=ENV)
-        delay = rng.uniform(0.2, 0.9) * wall / args.kills
-        time.sleep(delay)
+        while _committed(out) < target and process.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.9 * wall / total))
         if process.poll() is not None:
-            print(f"kill {kill + 1}: the screen had already finished after {delay:.1f} s")
+            print(f"kill {kill + 1}: the screen had already finished")
             break
         process.send_signal(signal.SIGKILL)
         process.wait()
-        done = len(list((out / "_chunks").glob("chunk-*.json"))) if (out / "_chunks").is_dir() else 0
-        print(f"kill {kill + 1}: SIGKILL after {delay:.1f} s, {done} chunks committed")
+        killed += 1
+        print(f"kill {kill + 1}: SIGKILL with {_committed(out)} of {total} chunks committed")
     subprocess.run(command, env=ENV, check=True)
     same = rows_as_set(out) == rows_as_set(reference)
     rows = pq.read_table(sorted(out.glob("part-*.parquet")), columns=["id"]).num_rows
-    print(f"after {args.kills} kills: {rows} rows ({args.structures} inputs), same as uninterrupted: {same}")
+    print(f"after {killed} kills: {rows} rows ({args.structures} inputs), same as uninterrupted: {same}")
     if not same or rows != args.structures:
         raise SystemExit(1)
+
+
+def _committed(out: Path) -> int:
+    return len(list((out / "_chunks").glob("chunk-*.json"))) if (out / "_chunks").is_dir() else 0
 
 
 def main() -> None:
