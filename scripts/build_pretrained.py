@@ -35,11 +35,13 @@ from pymatgen.io.cif import CifWriter
 import topoclass
 from topoclass.app.evaluate import evaluate_run
 from topoclass.app.onnx_export import ensure_network_export
+from topoclass.app.predict import load_run
 from topoclass.app.runs import RunLayout, checkpoint_target
 from topoclass.checkpoint import storage
 from topoclass.checkpoint.manager import read_checkpoint
 from topoclass.config import config_from_dict, config_yaml, load_config
 from topoclass.data.datasets import load_dataset
+from topoclass.screen.applicability import applicability_for
 from topoclass.trainer.averaging import inference_weights
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -181,6 +183,8 @@ def build(name: str, run_dir: Path, out: Path) -> None:
     (out / "config.yaml").write_text(config_yaml(bundle_config(run)))
     metadata = slim_checkpoint(run, out / "checkpoints" / "best", dtype)
     shutil.copytree(run.serving_dir(), out / "serving")
+    if applicability_for(load_run(run.root, device="cpu")) is not None:  # fitted once, on the run's split
+        shutil.copy2(run.applicability_file(), out / run.applicability_file().name)
     examples = out / "examples"
     examples.mkdir()
     for formula, structure in example_structures().items():

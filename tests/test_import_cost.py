@@ -23,6 +23,8 @@ ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--space
         (ONE_FORMULA, set()),
         (["predict", "--model", "tqc2020", "--formula", "Bi2Se3", "--spacegroup", "166"], set()),
         (["predict", "--model", "tqc2020", "--predictor", "network", "--structure", str(EXAMPLE)], {"torch"}),
+        (["screen", "--help"], set()),
+        (["slurm-template", "screen", "tqc2020", "cifs/", "-o", "out"], set()),
     ],
     ids=[
         "help",
@@ -31,6 +33,8 @@ ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--space
         "predict-served",
         "predict-formula-structure-model",
         "predict-structure",
+        "screen-help",
+        "slurm",
     ],
 )
 def test_commands_import_only_what_they_use(args, allowed, tmp_path):

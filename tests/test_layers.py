@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"trainer"},
     {"inference"},  # serving without PyTorch: nothing it imports at module level may import torch
     {"app"},
+    {"screen"},
     {"api"},
     {"serve"},
     {"cli", "__init__", "__main__"},

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from topoclass.app.predict import TrainedRun
     from topoclass.config import Config
     from topoclass.data.records import Material, Reject
+    from topoclass.screen.runner import ScreenOutcome
 
 __all__ = ["Predictor", "bundled_models", "load", "train"]
 
@@ -108,6 +109,7 @@ class Predictor:
 
     def __init__(self, run: TrainedRun) -> None:
         self._run = run
+        self.last_screen: ScreenOutcome | None = None  # what the last ``screen`` call did
 
     def __repr__(self) -> str:
         return f"Predictor({str(self._run.layout.root)!r}, tasks={self.tasks})"
@@ -192,6 +194,58 @@ class Predictor:
         names = [material.id for material in materials]
         indexed = [_with_id(material, str(i)) for i, material in enumerate(materials)]
         return self._frame(indexed, names, unreadable, predictor)
+
+    def screen(
+        self,
+        inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        out: str | os.PathLike[str],
+        *,
+        chunk_size: int = 1000,
+        rank: Sequence[str] = (),
+        top: int = 100,
+        shard: str | None = None,
+        workers: int = 1,
+        predictor: str | None = None,
+        max_atoms: int = 2000,
+        oversize_atoms: int = 0,
+        progress: bool | None = None,
+    ) -> dict[str, Any] | None:
+        """Screen any number of crystals into the folder ``out``: Parquet parts, ``candidates.csv``
+        (the ``top`` materials of each class in ``rank``) and ``summary.json`` (see docs/screening.md)::
+
+            model.screen(["cifs/", "mp.json.gz"], "screen-out", rank=["TI", "TCI"], top=50)
+
+        ``inputs``: folders (CIF/POSCAR, recursive), globs, extended XYZ, ASE databases, tables,
+        pymatgen JSON dumps. Calling it again continues an interrupted screen. Returns the summary,
+        or None while other shards (``shard="I/N"``) still have chunks to do. Raises
+        :class:`~topoclass.errors.ResumableStop` when a stop signal ended it early.
+        """
+        try:
+            from topoclass.screen.runner import ScreenSettings
+            from topoclass.screen.runner import screen as run_screen
+            from topoclass.screen.sharding import Shard, parse_shard
+        except ModuleNotFoundError as missing:
+            raise TopoclassError(f"screening needs {missing.name}: pip install 'topoclass[screen]'") from None
+
+        if predictor is not None and predictor not in PREDICTORS:
+            raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}, not '{predictor}'")
+        listed = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+        settings = ScreenSettings(
+            chunk_size=chunk_size,
+            predictor=predictor,
+            max_atoms=max_atoms,
+            oversize_atoms=oversize_atoms,
+            rank=tuple(rank),
+            top=top,
+            shard=parse_shard(shard) if shard else Shard(),
+            workers=workers,
+            progress=progress,
+        )
+        outcome = run_screen(self._run, listed, Path(out), settings)
+        self.last_screen = outcome
+        if outcome.stopped:
+            raise ResumableStop(outcome.line())
+        return outcome.summary
 
     def _frame(
         self, materials: list[Material], names: list[str], unreadable: list[Reject], predictor: str | None

@@ -148,6 +148,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_screen(args: argparse.Namespace) -> int:
+    from topoclass.api import load
+
+    model = load(args.model, device=args.device)
+    try:
+        model.screen(
+            args.inputs,
+            args.output,
+            chunk_size=args.chunk_size,
+            rank=[name for text in args.rank for name in text.split(",") if name] if args.rank else (),
+            top=args.top,
+            shard=args.shard,
+            workers=args.workers,
+            predictor=args.predictor,
+            max_atoms=args.max_atoms,
+            oversize_atoms=args.oversize_atoms,
+        )
+    finally:
+        if model.last_screen is not None and model.last_screen.primary and not model.last_screen.stopped:
+            print(model.last_screen.line())
+    return 0
+
+
 def _cmd_checkpoints(args: argparse.Namespace) -> int:
     from topoclass.app.runs import checkpoint_target
     from topoclass.checkpoint import catalog
@@ -178,15 +201,20 @@ def _cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def _cmd_slurm_template(args: argparse.Namespace) -> int:
-    from topoclass.app.slurm import sbatch_script
+    from topoclass.app.slurm import sbatch_script, screen_script
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    print(
-        sbatch_script(
+    if train_args[:1] == ["screen"]:
+        screen_args = train_args[1:]
+        screen_args = screen_args[1:] if screen_args[:1] == ["--"] else screen_args
+        script = screen_script(
+            shards=args.shards, cpus=args.cpus, time=args.time, lead=args.lead, screen_args=screen_args
+        )
+    else:
+        script = sbatch_script(
             gpus=args.gpus, nodes=args.nodes, time=args.time, lead=args.lead, train_args=train_args
-        ),
-        end="",
-    )
+        )
+    print(script, end="")
     return 0
 
 
@@ -290,6 +318,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
+    screen = verbs.add_parser(
+        "screen", help="screen any number of crystals: resumable, sharded, Parquet out (docs/screening.md)"
+    )
+    screen.add_argument("model", help="a bundled model (tang2019, tqc2020) or a run directory")
+    screen.add_argument(
+        "inputs",
+        nargs="+",
+        help="folders or globs of CIF/POSCAR, extended XYZ, ASE .db, CSV/TSV/JSONL, pymatgen JSON dumps",
+    )
+    screen.add_argument("--output", "-o", type=Path, required=True, help="output folder (continued if begun)")
+    screen.add_argument(
+        "--rank", action="append", metavar="CLASS[,CLASS]", help="classes to rank, e.g. TI,TCI"
+    )
+    screen.add_argument("--top", type=int, default=100, help="candidates per ranked class (default 100)")
+    screen.add_argument(
+        "--chunk-size", type=int, default=1000, help="inputs per committed chunk (default 1000)"
+    )
+    screen.add_argument(
+        "--shard", metavar="I/N", help="screen only shard I of N (Slurm arrays: $SLURM_ARRAY_TASK_ID/N)"
+    )
+    screen.add_argument("--workers", type=int, default=1, help="featurization processes (default 1)")
+    screen.add_argument("--max-atoms", type=int, default=2000, help="skip larger cells (default 2000)")
+    screen.add_argument(
+        "--oversize-atoms",
+        type=int,
+        default=0,
+        help="flag cells above this size (default: the largest training cell)",
+    )
+    screen.add_argument(
+        "--predictor", choices=["network", "trees", "blend"], help="one source for every task"
+    )
+    screen.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
+    screen.set_defaults(func=_cmd_screen)
+
     checkpoints = verbs.add_parser("checkpoints", help="list, verify, inspect or export checkpoints")
     actions = checkpoints.add_subparsers(dest="action", required=True)
     where = "a run, a checkpoint directory, one checkpoint, best, or latest"
@@ -315,8 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument(
         "--lead", type=int, default=300, help="seconds of warning before the limit (default 300)"
     )
+    slurm.add_argument("--shards", type=int, default=10, help="screen: array tasks (default 10)")
+    slurm.add_argument("--cpus", type=int, default=8, help="screen: CPUs per array task (default 8)")
     slurm.add_argument(
-        "train_args", nargs=argparse.REMAINDER, help="-- then the arguments of topoclass train"
+        "train_args",
+        nargs=argparse.REMAINDER,
+        help="-- then the arguments of topoclass train; or screen, then those of topoclass screen",
     )
     slurm.set_defaults(func=_cmd_slurm_template)
 

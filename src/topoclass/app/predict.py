@@ -112,6 +112,14 @@ def predict_materials(
     features, skipped = featurize_materials(materials, run.tasks, run.config.data)
     if features is None:
         return Predictions([], skipped)
+    return Predictions(prediction_rows(run, features, predictor=predictor), skipped)
+
+
+def prediction_rows(
+    run: TrainedRun, features: FeatureArrays, *, predictor: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per material of ``features``: id, formula, space group, and per task the answer,
+    its probabilities and the source that gave it. The one call from features to answers."""
     probabilities, decisions, sources = predictions_for(
         run.serving,
         run.tasks,
@@ -135,4 +143,4 @@ def predict_materials(
                 row[task.name] = None  # no such label here; the probabilities say "if it had one"
             row[f"{task.name}:predictor"] = sources[task.name]
         rows.append(row)
-    return Predictions(rows, skipped)
+    return rows

@@ -103,6 +103,10 @@ class RunLayout:
     def baseline_file(self) -> Path:
         return self.root / "baseline.json"
 
+    def applicability_file(self) -> Path:
+        """Where screening finds how far from its training data a material lies (fitted once)."""
+        return self.root / "applicability.safetensors"
+
     def read_config(self) -> Config:
         """The run's saved config, with the run directory as it is found now."""
         return load_config(self.config_file(), {"run_dir": str(self.root)})

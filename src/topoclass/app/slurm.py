@@ -24,37 +24,75 @@ LEAD_ENV = "TOPOCLASS_SIGNAL_LEAD_S"
 
 def sbatch_script(*, gpus: int, nodes: int, time: str, lead: int, train_args: list[str]) -> str:
     """A ready sbatch script: ``gpus`` per node (0: CPU only), ``nodes`` nodes, ``lead`` s of warning."""
-    tasks = max(gpus, 1)
     device = [] if gpus else ["--device", "cpu"]
     command = ["python", "-m", "topoclass", "train", "--resume", "auto", *device, *train_args]
+    setup = [
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-29500}",
+    ]
+    return _job_script(
+        command, nodes=nodes, tasks_per_node=max(gpus, 1), gpus=gpus, time=time, lead=lead, setup=setup
+    )
+
+
+def screen_script(*, shards: int, cpus: int, time: str, lead: int, screen_args: list[str]) -> str:
+    """A ready sbatch script for ``topoclass screen``: a job array of ``shards`` tasks, each screening
+    its shard with ``cpus`` featurization processes; a task stopped at its time limit requeues itself
+    and continues where it stopped. The last task to finish writes the summary and the candidates."""
+    command = ["python", "-m", "topoclass", "screen", *screen_args]
+    # Expanded by the shell of each array task: which shard, and how many CPUs it was given.
+    shard = f'--shard "${{SLURM_ARRAY_TASK_ID}}/{shards}" --workers "${{SLURM_CPUS_PER_TASK}}"'
+    return _job_script(
+        command, nodes=1, tasks_per_node=1, gpus=0, time=time, lead=lead, cpus=cpus, array=shards, tail=shard
+    )
+
+
+def _job_script(
+    command: list[str],
+    *,
+    nodes: int,
+    tasks_per_node: int,
+    gpus: int,
+    time: str,
+    lead: int,
+    cpus: int = 8,
+    array: int = 0,
+    setup: list[str] | None = None,
+    tail: str = "",
+) -> str:
+    """The one job-script layout: a warning signal ``lead`` s before the limit, exit 75 requeues.
+    ``command`` is quoted for the shell; ``tail`` is shell text appended as it is."""
+    line = " ".join([shlex.join(command), *([tail] if tail else [])])
+    requeue = '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' if array else '"$SLURM_JOB_ID"'
+    log = "topoclass-%A_%a.out" if array else "topoclass-%j.out"
     lines = [
         "#!/bin/bash",
         "#SBATCH --job-name=topoclass",
         f"#SBATCH --nodes={nodes}",
-        f"#SBATCH --ntasks-per-node={tasks}",
+        f"#SBATCH --ntasks-per-node={tasks_per_node}",
         *([f"#SBATCH --gpus-per-node={gpus}"] if gpus else []),
-        "#SBATCH --cpus-per-task=8",
+        *([f"#SBATCH --array=0-{array - 1}"] if array else []),
+        f"#SBATCH --cpus-per-task={cpus}",
         f"#SBATCH --time={time}",
         f"#SBATCH --signal=B:USR1@{lead}",
         "#SBATCH --requeue",
         "#SBATCH --open-mode=append",
-        "#SBATCH --output=topoclass-%j.out",
+        f"#SBATCH --output={log}",
         "",
         f"# {lead} s before the time limit Slurm sends USR1 to this shell, which passes it on as SIGTERM:",
-        "# every process finishes its step, one checkpoint is written, and all exit with 75.",
+        "# every process finishes its step (a checkpoint, or the chunk it screens) and exits with 75.",
         f"export {LEAD_ENV}={lead}",
-        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-29500}",
+        *(setup or []),
         "",
         "trap 'kill -TERM \"$child\" 2>/dev/null' USR1 TERM",
-        "srun --kill-on-bad-exit=0 " + shlex.join(command) + " &",
+        "srun --kill-on-bad-exit=0 " + line + " &",
         "child=$!",
-        "# wait returns early when a trapped signal arrives: wait again for the training's own exit status.",
+        "# wait returns early when a trapped signal arrives: wait again for the command's own exit status.",
         'wait "$child"; code=$?',
         'while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done',
         "",
-        "# 75: stopped with a checkpoint (time limit, preemption): queue the continuation.",
-        'if [ "$code" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi',
+        "# 75: stopped with the work kept (time limit, preemption): queue the continuation.",
+        f'if [ "$code" -eq 75 ]; then scontrol requeue {requeue}; fi',
         'exit "$code"',
     ]
     return "\n".join(lines) + "\n"

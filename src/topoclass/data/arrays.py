@@ -36,6 +36,13 @@ class FeatureArrays:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def atoms(self) -> np.ndarray:
+        """Atoms in each material's crystal graph, [N] int64 (0 without a structure)."""
+        if self.graphs is None:
+            return np.zeros(len(self), dtype=np.int64)
+        counts = np.diff(np.asarray(self.graphs.node_ptr))
+        return np.where(self.graph_index >= 0, counts[np.clip(self.graph_index, 0, None)], 0)
+
     def descriptors_read(self, rows: np.ndarray, *, with_graphs: bool) -> np.ndarray:
         """The descriptors a model (neural or trees) reads: [B, D], plus a flag column with graphs.
 

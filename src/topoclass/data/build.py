@@ -78,6 +78,8 @@ def attach_structures(
     workers: int,
     use_structure: bool,
     writer: GraphStoreWriter | None = None,
+    max_atoms: int = 0,
+    progress: bool | None = None,
 ) -> StructuredMaterials:
     """Featurize the structures the run needs, in parallel; fill formula and space group from them.
 
@@ -85,7 +87,8 @@ def attach_structures(
     only when the record lacks its formula or space group (to derive them), and no graph
     is built: a formula-only run never pays for structures it ignores. A space group the
     data already gives is kept and not searched for again (the search is most of the cost).
-    A bad structure makes its record a reject, not an error.
+    A bad structure (or one of more than ``max_atoms`` atoms, when given) makes its record a
+    reject, not an error.
     """
     wanted = [
         i
@@ -104,6 +107,8 @@ def attach_structures(
         workers=workers,
         with_graphs=use_structure,
         writer=writer,
+        max_atoms=max_atoms,
+        progress=progress,
     )
     position = dict(zip(wanted, range(len(wanted)), strict=True))
     kept: list[Material] = []
@@ -167,11 +172,25 @@ def build_feature_set(
 
 
 def featurize_materials(
-    materials: Sequence[Material], tasks: list[TaskConfig], data: DataConfig
+    materials: Sequence[Material],
+    tasks: list[TaskConfig],
+    data: DataConfig,
+    *,
+    max_atoms: int = 0,
+    progress: bool | None = None,
 ) -> tuple[FeatureArrays | None, list[Reject]]:
-    """Features of unlabelled materials (for prediction), with the records that cannot have any."""
+    """Features of unlabelled materials (for prediction), with the records that cannot have any.
+
+    A structure of more than ``max_atoms`` atoms (0: any number) is turned away before its graph
+    is built. ``progress``: the featurization's progress bar (default: on a terminal).
+    """
     structured = attach_structures(
-        materials, data.graph, workers=data.featurize_workers, use_structure=data.use_structure
+        materials,
+        data.graph,
+        workers=data.featurize_workers,
+        use_structure=data.use_structure,
+        max_atoms=max_atoms,
+        progress=progress,
     )
     rejects = list(structured.rejects)
     usable, rows = [], []

@@ -9,13 +9,14 @@ stops a whole dataset.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from topoclass.data.records import LabelValue, Material, Reject, StructureRef
 from topoclass.errors import DataError
@@ -49,46 +50,78 @@ def read_table(
     it is referenced here and parsed later. Line numbers count the header as line 1.
     """
     path = Path(path)
-    columns, rows = _parse_file(path)
-    required = list(label_columns)
-    if structure_column not in columns:
-        required = [formula_column, spacegroup_column, *required]
-    for column in required:
-        if column not in columns:
-            raise DataError(f"required column '{column}' not found", file=path, field=column)
-
     materials: list[Material] = []
     rejects: list[Reject] = []
+    columns = TableColumns(
+        id_column, formula_column, spacegroup_column, structure_column, tuple(label_columns)
+    )
+    for record in iter_table(path, columns):
+        if isinstance(record, Material):
+            materials.append(record)
+        else:
+            rejects.append(record)
+    logger.info("%s: read %d rows, %d turned away", path, len(materials) + len(rejects), len(rejects))
+    return materials, rejects
+
+
+def iter_table(path: str | Path, columns: TableColumns | None = None) -> Iterator[Material | Reject]:
+    """The records of :func:`read_table` one at a time, in file order, reading the file as it goes:
+    memory does not grow with the table. A JSON-lines file names its columns row by row, so a
+    required column it never has is reported after its last row."""
+    path = Path(path)
+    columns = columns or TableColumns()
+    header, rows = _parse_file(path)
+    seen: set[str] = set(header or ())
+    if header is not None:
+        columns.check(path, header)
     for line, cells in rows:
+        seen.update(cells)
+        yield columns.record(path, line, cells)
+    if header is None:
+        columns.check(path, seen)
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """Which column holds what (the names :func:`read_table` takes)."""
+
+    id: str = "id"
+    formula: str = "formula"
+    spacegroup: str = "spacegroup"
+    structure: str = "structure"
+    labels: tuple[str, ...] = ()
+
+    def check(self, path: Path, present: set[str]) -> None:
+        required = list(self.labels)
+        if self.structure not in present:
+            required = [self.formula, self.spacegroup, *required]
+        for column in required:
+            if column not in present:
+                raise DataError(f"required column '{column}' not found", file=path, field=column)
+
+    def record(self, path: Path, line: int, cells: dict[str, Any]) -> Material | Reject:
+        """The record of one row (a reject when the row cannot be one)."""
         source = f"{path}:{line}"
-        row_id = _text(cells.get(id_column)) or f"{path.stem}:{line}"
+        row_id = _text(cells.get(self.id)) or f"{path.stem}:{line}"
         if all(_text(value) == "" for value in cells.values()):
-            rejects.append(Reject(row_id, source, "row has no values", "empty_row"))
-            continue
-        raw_spacegroup = cells.get(spacegroup_column)
+            return Reject(row_id, source, "row has no values", "empty_row")
+        raw_spacegroup = cells.get(self.spacegroup)
         try:
             spacegroup = _parse_spacegroup(raw_spacegroup)
         except ValueError:
-            reason = f"{spacegroup_column}: '{_text(raw_spacegroup)}' is not an integer space group"
-            rejects.append(Reject(row_id, source, reason, "bad_spacegroup"))
-            continue
-        structure = _structure_ref(cells.get(structure_column), path.parent)
+            reason = f"{self.spacegroup}: '{_text(raw_spacegroup)}' is not an integer space group"
+            return Reject(row_id, source, reason, "bad_spacegroup")
+        structure = _structure_ref(cells.get(self.structure), path.parent)
         if isinstance(structure, str):
-            rejects.append(Reject(row_id, source, f"{structure_column}: {structure}", "bad_structure"))
-            continue
-        labels = {column: _label_value(cells.get(column)) for column in label_columns}
-        materials.append(
-            Material(
-                id=row_id,
-                formula=_text(cells.get(formula_column)),
-                spacegroup=spacegroup,
-                labels=labels,
-                structure=structure,
-                source=source,
-            )
+            return Reject(row_id, source, f"{self.structure}: {structure}", "bad_structure")
+        return Material(
+            id=row_id,
+            formula=_text(cells.get(self.formula)),
+            spacegroup=spacegroup,
+            labels={column: _label_value(cells.get(column)) for column in self.labels},
+            structure=structure,
+            source=source,
         )
-    logger.info("%s: read %d rows, %d turned away", path, len(materials) + len(rejects), len(rejects))
-    return materials, rejects
 
 
 def read_data_text(path: Path, *, missing_hint: str = "") -> str:
@@ -103,50 +136,79 @@ def read_data_text(path: Path, *, missing_hint: str = "") -> str:
         raise DataError(f"cannot read file ({exc.strerror})", file=path) from None
 
 
-def _parse_file(path: Path) -> tuple[set[str], list[Row]]:
+def _parse_file(path: Path) -> tuple[set[str] | None, Iterator[Row]]:
+    """The header's columns (None for JSON lines, whose rows name their own) and the rows, read lazily."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
             f"unsupported table format '{suffix}' (use one of {', '.join(SUPPORTED_SUFFIXES)})", file=path
         )
-    text = read_data_text(path)
+    # Split JSON lines on newlines only: JSON strings may legally hold other line separators.
+    stream = _open_text(path, newline="\n" if suffix in JSON_LINES_SUFFIXES else "")
     if suffix in JSON_LINES_SUFFIXES:
-        return _parse_json_lines(path, text)
-    delimiter = DELIMITED_SUFFIXES.get(suffix) or _sniff_delimiter(path, text)
-    return _parse_delimited(path, text, delimiter)
-
-
-def _sniff_delimiter(path: Path, text: str) -> str:
-    try:
-        return csv.Sniffer().sniff(text[:65536], delimiters=",\t;|").delimiter
-    except csv.Error:
-        raise DataError("cannot detect the column delimiter (use .csv or .tsv)", file=path) from None
-
-
-def _parse_delimited(path: Path, text: str, delimiter: str) -> tuple[set[str], list[Row]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = _next_row(reader, path)
+        return None, _parse_json_lines(path, stream)
+    delimiter = DELIMITED_SUFFIXES.get(suffix)
+    if delimiter is None:
+        with _decoding(path):
+            delimiter = _sniff_delimiter(path, stream.read(65536))
+        stream.seek(0)
+    reader = csv.reader(stream, delimiter=delimiter)
+    with _decoding(path):
+        header = _next_row(reader, path)
     if header is None:
+        stream.close()
         raise DataError("empty file: no header line", file=path, line=1)
     columns = [name.strip() for name in header]
     duplicated = sorted({name for name in columns if columns.count(name) > 1})
     if duplicated:
+        stream.close()
         raise DataError(f"column '{duplicated[0]}' appears twice in the header", file=path, line=1)
-    rows: list[Row] = []
-    while True:
-        # The line where a row starts, as an editor shows it (a quoted cell may span lines).
-        start_line = reader.line_num + 1
-        cells = _next_row(reader, path)
-        if cells is None:
-            break
-        if len(cells) <= 1 and not "".join(cells).strip():
-            continue  # a blank line holds no record; a row of bare delimiters does (empty_row)
-        if len(cells) > len(columns):
-            raise DataError(
-                f"row has {len(cells)} fields but the header has {len(columns)}", file=path, line=start_line
-            )
-        rows.append((start_line, dict(zip(columns, cells, strict=False))))
-    return set(columns), rows
+    return set(columns), _parse_delimited(path, stream, reader, columns)
+
+
+def _open_text(path: Path, *, newline: str) -> TextIO:
+    try:
+        return path.open(encoding="utf-8-sig", newline=newline)
+    except FileNotFoundError:
+        raise DataError("file not found", file=path) from None
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc.strerror})", file=path) from None
+
+
+@contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise DataError("not UTF-8 text", file=path) from None
+
+
+def _sniff_delimiter(path: Path, text: str) -> str:
+    try:
+        return csv.Sniffer().sniff(text, delimiters=",\t;|").delimiter
+    except csv.Error:
+        raise DataError("cannot detect the column delimiter (use .csv or .tsv)", file=path) from None
+
+
+def _parse_delimited(
+    path: Path, stream: TextIO, reader: Iterator[list[str]], columns: list[str]
+) -> Iterator[Row]:
+    with stream, _decoding(path):
+        while True:
+            # The line where a row starts, as an editor shows it (a quoted cell may span lines).
+            start_line = reader.line_num + 1  # type: ignore[attr-defined]  # a csv reader has it
+            cells = _next_row(reader, path)
+            if cells is None:
+                return
+            if len(cells) <= 1 and not "".join(cells).strip():
+                continue  # a blank line holds no record; a row of bare delimiters does (empty_row)
+            if len(cells) > len(columns):
+                raise DataError(
+                    f"row has {len(cells)} fields but the header has {len(columns)}",
+                    file=path,
+                    line=start_line,
+                )
+            yield start_line, dict(zip(columns, cells, strict=False))
 
 
 def _next_row(reader: Iterator[list[str]], path: Path) -> list[str] | None:
@@ -159,22 +221,18 @@ def _next_row(reader: Iterator[list[str]], path: Path) -> list[str] | None:
         raise DataError(f"malformed delimited text ({exc})", file=path, line=line) from None
 
 
-def _parse_json_lines(path: Path, text: str) -> tuple[set[str], list[Row]]:
-    columns: set[str] = set()
-    rows: list[Row] = []
-    # Split on newlines only: JSON strings may legally hold other line separators.
-    for line, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON ({exc.msg})", file=path, line=line) from None
-        if not isinstance(record, dict):
-            raise DataError(f"expected a JSON object, got {type(record).__name__}", file=path, line=line)
-        columns.update(record)
-        rows.append((line, record))
-    return columns, rows
+def _parse_json_lines(path: Path, stream: TextIO) -> Iterator[Row]:
+    with stream, _decoding(path):
+        for line, raw in enumerate(stream, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"not valid JSON ({exc.msg})", file=path, line=line) from None
+            if not isinstance(record, dict):
+                raise DataError(f"expected a JSON object, got {type(record).__name__}", file=path, line=line)
+            yield line, record
 
 
 def _text(value: Any) -> str:

@@ -77,13 +77,18 @@ def featurize_one(
     max_neighbors: int,
     symprec: float,
     with_graph: bool = True,
+    max_atoms: int = 0,
 ) -> _Outcome:
     """Read -> check -> formula (and space group) -> graph for one structure; failures become reasons.
 
     Without ``with_graph`` only the formula (and space group) are derived: no neighbour search.
+    A structure of more than ``max_atoms`` atoms (0: no limit) is turned away right after reading:
+    its neighbour search and spectrum would cost more than a whole chunk of ordinary ones.
     """
     try:
         structure = read_structure(ref)
+        if 0 < max_atoms < len(structure):
+            return None, None, f"{len(structure)} atoms in the cell, more than the limit of {max_atoms}", None
         if not with_graph:
             spacegroup = spglib_spacegroup(structure, symprec) if find_spacegroup else None
             return reduced_formula(structure), spacegroup, None, None
@@ -117,6 +122,7 @@ def featurize_structures(
     spectral_cache: SpectralCache | None = None,
     writer: GraphStoreWriter | None = None,
     chunk: int = 1024,
+    max_atoms: int = 0,
 ) -> StructureFeatures:
     """Featurize ``refs`` with ``workers`` processes (0: one per CPU given to this process; 1: here).
 
@@ -126,7 +132,7 @@ def featurize_structures(
     the memory bounded whatever the number of structures). Each distinct graph's spectrum
     is computed once, through ``spectral_cache`` (default: one for this call only). The
     progress bar (default) is drawn only on a terminal: redrawn into a batch job's log it is
-    thousands of lines of noise.
+    thousands of lines of noise. A structure of more than ``max_atoms`` atoms (0: no limit) fails.
     """
     searches = [True] * len(refs) if find_spacegroup is None else list(find_spacegroup)
     if len(searches) != len(refs):
@@ -158,7 +164,7 @@ def featurize_structures(
 
     with tqdm(total=len(refs), desc="featurizing structures", unit="structure", disable=not progress) as bar:
         for index, (formula, spacegroup, reason, crystal) in enumerate(
-            _outcomes(refs, searches, graph, workers=workers, with_graphs=with_graphs)
+            _outcomes(refs, searches, graph, workers=workers, with_graphs=with_graphs, max_atoms=max_atoms)
         ):
             formulas.append(formula)
             spacegroups.append(spacegroup)
@@ -189,6 +195,7 @@ def _outcomes(
     *,
     workers: int,
     with_graphs: bool,
+    max_atoms: int = 0,
 ) -> Iterator[_Outcome]:
     """Each reference's outcome, in order, from worker processes (or here, with one)."""
     work = partial(
@@ -197,6 +204,7 @@ def _outcomes(
         max_neighbors=graph.max_neighbors,
         symprec=graph.symprec,
         with_graph=with_graphs,
+        max_atoms=max_atoms,
     )
     if workers == 1:
         for ref, search in zip(refs, searches, strict=True):
