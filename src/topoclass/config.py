@@ -141,6 +141,16 @@ class ModelConfig(_Section):
     fusion_layers: int = Count(2, ge=1)
     graph_layers: int = Count(3, ge=1)
     dropout: Real = Field(0.1, ge=0, lt=1)
+    structure_encoder: Literal["cgconv", "chgnet"] = Field(
+        "cgconv",
+        description="cgconv: crystal-graph convolutions trained here; chgnet: the pretrained CHGNet "
+        "(pip install 'topoclass[chgnet]'), frozen vectors computed once at featurization",
+    )
+    backbone_weights_sha256: str | None = Field(
+        None,
+        description="the pretrained backbone's weights a run uses; filled in when a run starts, "
+        "so the saved config pins them and other weights are refused",
+    )
 
 
 class TrainConfig(_Section):

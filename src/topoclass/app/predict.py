@@ -20,6 +20,7 @@ from topoclass.config import Config, TaskConfig
 from topoclass.data.build import featurize_materials
 from topoclass.data.records import Material, Reject
 from topoclass.errors import DamagedCheckpointError
+from topoclass.model.backbones import structure_embedder
 from topoclass.model.inference import raw_outputs
 from topoclass.model.multitask import MultitaskModel
 from topoclass.tasks import task_type
@@ -85,7 +86,9 @@ def predict_materials(
     Each task is served by the source its run chose on validation (network, trees or blend),
     or by ``predictor`` when given; the row says which.
     """
-    features, skipped = featurize_materials(materials, run.tasks, run.config.data)
+    features, skipped = featurize_materials(
+        materials, run.tasks, run.config.data, structure_embedder(run.config)
+    )
     if features is None:
         return Predictions([], skipped)
     outputs = raw_outputs(

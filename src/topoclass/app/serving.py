@@ -44,6 +44,7 @@ from topoclass.data.clean import formula_key
 from topoclass.data.featureset import FeatureSet
 from topoclass.errors import CheckpointError
 from topoclass.files import atomic_write
+from topoclass.model.backbones import backbone_info
 
 logger = logging.getLogger(__name__)
 
@@ -387,6 +388,7 @@ def model_card(layout: RunLayout, serving: Serving, checkpoint: str) -> str:
         "validation split (`serving/`). `topoclass predict` serves, per task, the source below;",
         "`--predictor network|trees|blend` overrides it.",
         "",
+        *_structure_encoder_lines(layout),
         "| task | served | blend weight of the network | " + " | ".join(f"val {s}" for s in SOURCES) + " |",
         "|---|---|---:|" + "---:|" * len(SOURCES),
     ]
@@ -399,6 +401,15 @@ def model_card(layout: RunLayout, serving: Serving, checkpoint: str) -> str:
             f"| {name} | **{rule.predictor}** | {rule.blend_weight:.2f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _structure_encoder_lines(layout: RunLayout) -> list[str]:
+    """The pretrained backbone the run's structures went through, when it has one."""
+    config = layout.read_config()
+    info = backbone_info(config.model.structure_encoder) if config.data.use_structure else None
+    if info is None:
+        return []
+    return [f"Structure encoder: {info.describe()}, frozen.", ""]
 
 
 def predictions_for(

@@ -19,6 +19,7 @@ from topoclass.features.composition import NUM_FORMULA_FACTS
 from topoclass.tasks import task_type
 
 if TYPE_CHECKING:
+    from topoclass.features.embedding_store import EmbeddingStore
     from topoclass.features.graph_store import GraphStore
 
 
@@ -35,7 +36,8 @@ class FeatureSet:
     spacegroup: torch.Tensor  # [N] 1..230
     labels: torch.Tensor  # [N, T] class index or value; NaN = missing
     graph_index: torch.Tensor  # [N] row in `graphs`, -1 = no structure
-    graphs: GraphStore | None = None
+    # The structures: crystal graphs, or a frozen backbone's vectors (model.structure_encoder).
+    graphs: GraphStore | EmbeddingStore | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,8 +106,14 @@ class FeatureSet:
             [descriptors[:, :NUM_FORMULA_FACTS], descriptors[:, NUM_FORMULA_FACTS:] * flag, flag], dim=1
         )
 
+    @property
+    def store_prefix(self) -> str:
+        """The cache's name prefix of the structure store: ``graph`` or ``embedding``."""
+        return "graph" if self.graphs is None or hasattr(self.graphs, "edge_ptr") else "embedding"
+
     def tensors(self, *, with_graphs: bool = True) -> dict[str, torch.Tensor]:
-        """Flat tensor dict for the cache (graphs prefixed with ``graph.``, unless left out)."""
+        """Flat tensor dict for the cache (the structure store's prefixed with :attr:`store_prefix`,
+        unless left out)."""
         out = {
             "element_index": self.element_index,
             "element_fraction": self.element_fraction,
@@ -115,7 +123,7 @@ class FeatureSet:
             "graph_index": self.graph_index,
         }
         if with_graphs and self.graphs is not None:
-            out.update({f"graph.{k}": v for k, v in self.graphs.to_tensors().items()})
+            out.update({f"{self.store_prefix}.{k}": v for k, v in self.graphs.to_tensors().items()})
         return out
 
 

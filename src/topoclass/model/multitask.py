@@ -14,9 +14,11 @@ from torch import nn
 
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.features.composition import NUM_DESCRIPTORS
+from topoclass.model.backbones import backbone_module
 from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
 from topoclass.model.heads import TaskHeads
 from topoclass.model.structure_encoder import StructureEncoder
+from topoclass.model.vector_encoder import VectorStructureEncoder
 
 MODALITIES = ("composition", "symmetry", "structure")
 
@@ -48,15 +50,20 @@ class MultitaskModel(nn.Module):
         if use_structure:
             if graph is None:
                 raise ValueError("a structure model needs the graph settings it was featurized with")
-            self.structure = StructureEncoder(
-                hidden_dim=hidden,
-                num_layers=config.graph_layers,
-                num_rbf=graph.num_rbf,
-                cutoff=graph.cutoff,
-                spectral_k=graph.spectral_k,
-                dropout=config.dropout,
-                context_dim=self.symmetry.spacegroup_facts.shape[1],
-            )
+            context_dim = self.symmetry.spacegroup_facts.shape[1]
+            if config.structure_encoder == "cgconv":
+                self.structure = StructureEncoder(
+                    hidden_dim=hidden,
+                    num_layers=config.graph_layers,
+                    num_rbf=graph.num_rbf,
+                    cutoff=graph.cutoff,
+                    spectral_k=graph.spectral_k,
+                    dropout=config.dropout,
+                    context_dim=context_dim,
+                )
+            else:  # a frozen backbone's vectors, computed at featurization
+                width = backbone_module(config.structure_encoder).WIDTH
+                self.structure = VectorStructureEncoder(width, hidden, config.dropout, context_dim)
         self.modality_embedding = nn.Parameter(torch.zeros(len(MODALITIES), hidden))
         self.fusion = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(

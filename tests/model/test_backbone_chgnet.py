@@ -1,0 +1,156 @@
+"""The CHGNet backbone: verified weights, frozen vectors in the featurization cache, clear errors."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from topoclass.config import DataConfig, TaskConfig, load_config
+from topoclass.errors import ConfigError, TopoclassError
+
+CRYSTALS = {
+    "a": ("Fm-3m", 5.6, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "b": ("Fm-3m", 6.5, ["Pb", "Te"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "c": ("Pm-3m", 4.1, ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "d": ("Fd-3m", 5.43, ["Si"], [[0, 0, 0]]),
+}
+
+
+def crystal(name: str) -> Structure:
+    group, a, species, coords = CRYSTALS[name]
+    return Structure.from_spacegroup(group, Lattice.cubic(a), species, coords)
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    pytest.importorskip("chgnet")
+    from topoclass.model.backbones import chgnet
+
+    return chgnet
+
+
+@pytest.fixture(scope="module")
+def embedder(chgnet):
+    return chgnet.ChgnetEmbedder()
+
+
+def structure_table(tmp_path) -> DataConfig:
+    rows = ["id,structure,topo"]
+    for name in CRYSTALS:
+        (tmp_path / f"{name}.vasp").write_text(crystal(name).to(fmt="poscar"))
+        rows.append(f"{name},{name}.vasp,{'xy'[name in 'bd']}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    return DataConfig(
+        dataset="table",
+        table=tmp_path / "t.csv",
+        use_structure=True,
+        featurize_workers=1,
+        tasks=[TaskConfig(name="topo")],
+        cache_dir=tmp_path / "cache",
+    )
+
+
+def test_weights_are_verified_and_a_tampered_copy_is_refused(chgnet, tmp_path):
+    genuine = chgnet.weights_path().read_bytes()
+    copy = tmp_path / "weights.pth.tar"
+    copy.write_bytes(genuine)
+    assert chgnet.load(copy).version == chgnet.MODEL_NAME
+    tampered = bytearray(genuine)
+    tampered[len(tampered) // 2] ^= 0x01
+    copy.write_bytes(bytes(tampered))
+    with pytest.raises(chgnet.BackboneWeightsError, match="SHA-256"):
+        chgnet.load(copy)
+
+
+def test_frozen_vectors_are_the_backbones_own_forward_pass(embedder):
+    structures = [crystal(name) for name in CRYSTALS]
+    vectors = embedder.embed(structures)
+    model = embedder.features.chgnet
+    reference = model.predict_structure(structures, return_crystal_feas=True, return_atom_feas=True)
+    width = 64
+    for row, expected in zip(vectors, reference, strict=True):
+        np.testing.assert_allclose(row[:width], expected["crystal_fea"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(row[width : 2 * width], expected["atom_fea"].mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(row[2 * width : 3 * width], expected["atom_fea"].max(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(row[-3], expected["e"], rtol=1e-5)
+        np.testing.assert_allclose(row[-2:], [expected["m"].mean(), expected["m"].max()], rtol=1e-4, atol=1e-6)
+    # Batched or alone, a crystal gets the same vector.
+    np.testing.assert_allclose(embedder.embed(structures[1:2])[0], vectors[1], rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_vectors_are_cached_under_the_weights_digest(embedder, tmp_path):
+    from topoclass.data.build import prepare_dataset
+    from topoclass.features.embedding_store import EmbeddingStore
+
+    config = structure_table(tmp_path)
+    first = prepare_dataset(config, embedder)
+    store = first.features.graphs
+    assert isinstance(store, EmbeddingStore) and not first.from_cache
+    rows = first.features.graph_index
+    expected = embedder.embed([crystal(name) for name in first.features.ids])
+    np.testing.assert_allclose(store.vectors[rows].numpy(), expected, rtol=1e-4, atol=1e-5)
+    again = prepare_dataset(config, embedder)
+    assert again.from_cache and again.cache_path == first.cache_path
+    assert torch.equal(again.features.graphs.vectors, store.vectors)  # type: ignore[union-attr]
+    batch = again.features.batch(torch.arange(len(again.features)), with_graphs=True)
+    assert batch["graph"].vectors.shape == (len(CRYSTALS), embedder.width)
+
+    class OtherWeights(type(embedder)):  # type: ignore[misc]
+        key = "0" * 64
+
+    other = OtherWeights()
+    other._features = embedder.features  # same model, other digest: must not share the entry
+    assert prepare_dataset(config, other).cache_path != first.cache_path
+
+
+def test_a_frozen_backbone_model_trains_and_predicts_from_the_vectors(embedder, tmp_path):
+    from topoclass.data.build import prepare_dataset
+    from topoclass.model.inference import raw_outputs
+    from topoclass.trainer.loop import build_model
+
+    config = load_config(None, {"model.structure_encoder": "chgnet", "model.hidden_dim": 16})
+    config.data = structure_table(tmp_path)
+    features = prepare_dataset(config.data, embedder).features
+    model = build_model(config, features.tasks)
+    outputs = raw_outputs(model.eval(), features, torch.arange(len(features)), batch_size=2, device="cpu")
+    assert outputs["topo"].shape == (len(CRYSTALS), 2) and torch.isfinite(outputs["topo"]).all()
+    loss = model(features.batch(torch.arange(len(features)), with_graphs=True))["topo"].sum()
+    loss.backward()
+    assert model.structure is not None and all(p.grad is not None for p in model.structure.parameters())
+
+
+def test_a_missing_backbone_fails_in_one_line_naming_the_extra(monkeypatch):
+    from topoclass.model.backbones import pin_backbone, structure_embedder
+
+    monkeypatch.setitem(sys.modules, "chgnet", None)  # import chgnet now raises ImportError
+    config = load_config(None, {"model.structure_encoder": "chgnet", "data.use_structure": True})
+    for call in (structure_embedder, pin_backbone):
+        with pytest.raises(TopoclassError) as error:
+            call(config)
+        message = str(error.value)
+        assert "topoclass[chgnet]" in message and "\n" not in message
+
+
+def test_a_run_pinned_to_other_weights_is_refused(chgnet):
+    from topoclass.model.backbones import pin_backbone
+
+    config = load_config(None, {"model.structure_encoder": "chgnet", "data.use_structure": True})
+    assert pin_backbone(config) is not None
+    assert config.model.backbone_weights_sha256 == chgnet.WEIGHTS_SHA256
+    config.model.backbone_weights_sha256 = "f" * 64
+    with pytest.raises(ConfigError, match="backbone_weights_sha256"):
+        pin_backbone(config)
+
+
+def test_the_default_structure_encoder_needs_no_backbone():
+    from topoclass.model.backbones import pin_backbone, structure_embedder
+
+    config = load_config(None, {"data.use_structure": True})
+    assert config.model.structure_encoder == "cgconv"
+    assert structure_embedder(config) is None and pin_backbone(config) is None
+    with pytest.raises(ConfigError, match="structure_encoder"):
+        load_config(None, {"model.structure_encoder": "resnet"})
