@@ -151,6 +151,15 @@ class ModelConfig(_Section):
         description="the pretrained backbone's weights a run uses; filled in when a run starts, "
         "so the saved config pins them and other weights are refused",
     )
+    backbone_lr: Real | None = Field(
+        None,
+        gt=0,
+        description="fine-tune the pretrained backbone end to end at this peak learning rate "
+        "(it follows the same schedule); unset: the backbone stays frozen",
+    )
+    backbone_frozen_epochs: int = Count(
+        0, description="when fine-tuning, the first epochs read the cached frozen vectors (a warm-up)"
+    )
 
 
 class TrainConfig(_Section):

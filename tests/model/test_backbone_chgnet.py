@@ -75,9 +75,13 @@ def test_frozen_vectors_are_the_backbones_own_forward_pass(embedder):
     for row, expected in zip(vectors, reference, strict=True):
         np.testing.assert_allclose(row[:width], expected["crystal_fea"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(row[width : 2 * width], expected["atom_fea"].mean(0), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(row[2 * width : 3 * width], expected["atom_fea"].max(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            row[2 * width : 3 * width], expected["atom_fea"].max(0), rtol=1e-5, atol=1e-5
+        )
         np.testing.assert_allclose(row[-3], expected["e"], rtol=1e-5)
-        np.testing.assert_allclose(row[-2:], [expected["m"].mean(), expected["m"].max()], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            row[-2:], [expected["m"].mean(), expected["m"].max()], rtol=1e-4, atol=1e-6
+        )
     # Batched or alone, a crystal gets the same vector.
     np.testing.assert_allclose(embedder.embed(structures[1:2])[0], vectors[1], rtol=1e-4, atol=1e-5)
 
@@ -154,3 +158,78 @@ def test_the_default_structure_encoder_needs_no_backbone():
     assert structure_embedder(config) is None and pin_backbone(config) is None
     with pytest.raises(ConfigError, match="structure_encoder"):
         load_config(None, {"model.structure_encoder": "resnet"})
+
+
+def finetune_trainer(root, data: DataConfig):
+    from topoclass.checkpoint.manager import CheckpointManager
+    from topoclass.data.build import prepare_dataset
+    from topoclass.data.fingerprint import split_digest
+    from topoclass.model.backbones import structure_embedder
+    from topoclass.trainer.loop import Trainer
+    from topoclass.trainer.signals import StopRequest
+
+    overrides = {
+        "model.hidden_dim": 16,
+        "model.element_embedding_dim": 8,
+        "model.spacegroup_embedding_dim": 8,
+        "model.composition_heads": 2,
+        "model.fusion_layers": 1,
+        "model.structure_encoder": "chgnet",
+        "model.backbone_lr": 1e-3,
+        "model.backbone_frozen_epochs": 1,
+        "train.epochs": 2,
+        "train.batch_size": 2,
+        "train.warmup_epochs": 0,
+        "train.progress_bar": False,
+        "checkpoint.every_epochs": 1,
+        "checkpoint.every_steps": 1,
+        "checkpoint.every_minutes": 0,
+        "checkpoint.keep_last": 20,
+    }
+    config = load_config(None, overrides)
+    config.data = data
+    features = prepare_dataset(data, structure_embedder(config)).features
+    split = {"train": torch.arange(0, 4), "val": torch.arange(4, 6), "test": torch.arange(4, 6)}
+    digest = split_digest(features.ids, {k: v.numpy() for k, v in split.items()})
+    return Trainer(
+        config,
+        features,
+        split,
+        device=torch.device("cpu"),
+        checkpoints=CheckpointManager(root / "checkpoints", config.checkpoint),
+        stop=StopRequest(),
+        metrics_file=root / "metrics.jsonl",
+        run_metadata={"split_ids_sha256": digest, "data_fingerprint": "x", "code_revision": None},
+    )
+
+
+def test_fine_tuning_resumes_bit_exact_from_a_mid_epoch_checkpoint(chgnet, tmp_path):
+    from topoclass.checkpoint.manager import read_checkpoint
+
+    data = structure_table(tmp_path)
+    extra = [("e", "Fm-3m", 5.9, ["K", "Br"]), ("f", "Fm-3m", 6.1, ["Sn", "Te"])]
+    rows = (tmp_path / "t.csv").read_text().splitlines()
+    for name, group, a, species in extra:
+        structure = Structure.from_spacegroup(group, Lattice.cubic(a), species, [[0, 0, 0], [0.5, 0.5, 0.5]])
+        (tmp_path / f"{name}.vasp").write_text(structure.to(fmt="poscar"))
+        rows.append(f"{name},{name}.vasp,{'xy'[name == 'f']}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+
+    whole = finetune_trainer(tmp_path / "a", data)
+    assert whole.model.backbone is not None
+    pretrained = {k: v.clone() for k, v in whole.model.backbone.state_dict().items()}
+    with whole.checkpoints:
+        whole.fit()
+    expected = whole.model.state_dict()
+    # The live epoch moved the backbone: the comparison below covers its training too.
+    assert any(not torch.equal(pretrained[k], v) for k, v in whole.model.backbone.state_dict().items())
+
+    # What a run killed after the first step of its live epoch resumes from.
+    resumed = finetune_trainer(tmp_path / "b", data)
+    resumed.restore(read_checkpoint(tmp_path / "a" / "checkpoints" / "checkpoint_epoch_2_step_3"))
+    with resumed.checkpoints:
+        resumed.fit()
+    got = resumed.model.state_dict()
+    assert expected.keys() == got.keys() and any(k.startswith("backbone.") for k in got)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), f"{key} differs after resuming"

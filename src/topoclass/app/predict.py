@@ -56,6 +56,7 @@ def load_run(run_dir: Path, *, device: str = "auto") -> TrainedRun:
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
     model = build_model(config, tasks)
     load_component(loaded, "model", model, inference_weights(loaded.state))
+    model.backbone_live = model.backbone is not None  # a fine-tuned backbone is no longer the cached one
     return TrainedRun(config, tasks, model.to(target).eval(), layout, path, target, load_serving(layout))
 
 

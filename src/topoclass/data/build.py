@@ -291,7 +291,8 @@ def _cache_key(raw: RawDataset, data: DataConfig, embedder: StructureEmbedder | 
     }
     if embedder is not None and data.use_structure:
         # Other weights make other vectors: the weights' SHA-256 is part of the key.
-        settings["backbone"] = [embedder.name, embedder.key]
+        kept = ["with structures"] if embedder.keep_structures else []
+        settings["backbone"] = [embedder.name, embedder.key, *kept]
     records = [_record_fingerprint(m) for m in raw.materials]
     rejects = [dataclasses.astuple(r) for r in raw.rejects]
     return fingerprint([settings, records, rejects])
@@ -386,7 +387,7 @@ def _store_writer(data: DataConfig, embedder: StructureEmbedder | None, director
     if embedder is not None and data.use_structure:
         from topoclass.features.embedding_store import EmbeddingStoreWriter
 
-        return EmbeddingStoreWriter(embedder.width, directory)
+        return EmbeddingStoreWriter(embedder.width, directory, keep_structures=embedder.keep_structures)
     from topoclass.features.graph_store import GraphStoreWriter
 
     return GraphStoreWriter(data.graph.spectral_k, directory)

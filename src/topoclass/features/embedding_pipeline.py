@@ -55,6 +55,8 @@ class _Embedded:
     reason: str | None
     atomic_numbers: np.ndarray | None = None
     vector: np.ndarray | None = None
+    frac_coords: np.ndarray | None = None
+    lattice: np.ndarray | None = None
 
 
 def embed_chunk(
@@ -97,8 +99,12 @@ def embed_chunk(
             except Exception as exc:
                 outcomes[position] = _Embedded(None, None, f"{embedder.name}: {_failure(exc)}")
     for (position, structure), vector in done:
-        outcomes[position].atomic_numbers = np.array(structure.atomic_numbers, dtype=np.int64)
-        outcomes[position].vector = np.asarray(vector, dtype=np.float32)
+        outcome = outcomes[position]
+        outcome.atomic_numbers = np.array(structure.atomic_numbers, dtype=np.int64)
+        outcome.vector = np.asarray(vector, dtype=np.float32)
+        if embedder.keep_structures:
+            outcome.frac_coords = np.asarray(structure.frac_coords, dtype=np.float64)
+            outcome.lattice = np.asarray(structure.lattice.matrix, dtype=np.float64)
     return outcomes
 
 
@@ -125,7 +131,11 @@ def embed_structures(
     searches = [True] * len(refs) if find_spacegroup is None else list(find_spacegroup)
     start = time.perf_counter()
     workers = 1 if len(refs) < _MIN_STRUCTURES_FOR_POOL else workers or available_cpus()[0]
-    writer = writer if writer is not None else EmbeddingStoreWriter(embedder.width)
+    writer = (
+        writer
+        if writer is not None
+        else EmbeddingStoreWriter(embedder.width, keep_structures=embedder.keep_structures)
+    )
     formulas: list[str | None] = []
     spacegroups: list[int | None] = []
     reasons: list[str | None] = []
@@ -139,7 +149,12 @@ def embed_structures(
             kept = [(first + i, o) for i, o in enumerate(outcomes) if o.vector is not None]
             if kept:
                 store_rows[[i for i, _ in kept]] = np.arange(len(writer), len(writer) + len(kept))
-                writer.add(np.stack([o.vector for _, o in kept]), [o.atomic_numbers for _, o in kept])  # type: ignore[misc]
+                writer.add(
+                    np.stack([o.vector for _, o in kept]),  # type: ignore[misc]
+                    [o.atomic_numbers for _, o in kept],  # type: ignore[misc]
+                    [o.frac_coords for _, o in kept if o.frac_coords is not None],
+                    [o.lattice for _, o in kept if o.lattice is not None],
+                )
             for outcome in outcomes:
                 formulas.append(outcome.formula)
                 spacegroups.append(outcome.spacegroup)

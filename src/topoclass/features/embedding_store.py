@@ -3,7 +3,9 @@
 A frozen backbone turns each structure into one vector once, at featurization; training
 then reads rows of a [crystals, width] matrix. The store also keeps each crystal's atomic
 numbers (CSR, as :class:`GraphStore` does), so the cell facts the graph encoder reads and
-the trees' cell columns are the same whichever structure encoder a run uses.
+the trees' cell columns are the same whichever structure encoder a run uses. For a run that
+fine-tunes the backbone it keeps the structures too (fractional coordinates and lattice):
+the backbone then sees each crystal again at every step.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ TENSOR_DTYPES: dict[str, torch.dtype] = {
     "atomic_numbers": torch.int64,
     "node_ptr": torch.int64,
 }
+# Kept only for fine-tuning (StructureEmbedder.keep_structures).
+STRUCTURE_DTYPES: dict[str, torch.dtype] = {"frac_coords": torch.float64, "lattice": torch.float64}
 
 
 class StructureEmbedder(Protocol):
@@ -39,6 +43,7 @@ class StructureEmbedder(Protocol):
     name: str
     key: str
     width: int
+    keep_structures: bool  # also store the structures (for fine-tuning the backbone)
 
     def embed(self, structures: Sequence[Any]) -> np.ndarray:
         """One float32 row per pymatgen structure, [len(structures), width]."""
@@ -51,13 +56,20 @@ class EmbeddingBatch:
 
     vectors: torch.Tensor  # [crystals, width]
     cell_facts: torch.Tensor  # [crystals, NUM_CELL_FACTS]
+    # The crystals themselves, when the store keeps them:
+    # [atoms], [crystals + 1], [atoms, 3], [crystals, 3, 3]
+    atomic_numbers: torch.Tensor | None = None
+    node_ptr: torch.Tensor | None = None
+    frac_coords: torch.Tensor | None = None
+    lattice: torch.Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
         return int(self.vectors.shape[0])
 
     def to(self, device: torch.device | str) -> EmbeddingBatch:
-        return EmbeddingBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        return EmbeddingBatch(**{k: v if v is None else v.to(device) for k, v in moved.items()})
 
 
 class EmbeddingStore:
@@ -73,11 +85,21 @@ class EmbeddingStore:
         self.vectors = tensors["vectors"]
         self.atomic_numbers = tensors["atomic_numbers"]
         self.node_ptr = tensors["node_ptr"]
-        if (
-            self.vectors.dim() != 2
-            or self.node_ptr.numel() != self.vectors.shape[0] + 1
-            or int(self.node_ptr[-1]) != self.atomic_numbers.numel()
-        ):
+        self.frac_coords: torch.Tensor | None = tensors.get("frac_coords")
+        self.lattice: torch.Tensor | None = tensors.get("lattice")
+        consistent = (
+            self.vectors.dim() == 2
+            and self.node_ptr.numel() == self.vectors.shape[0] + 1
+            and int(self.node_ptr[-1]) == self.atomic_numbers.numel()
+        )
+        if (self.frac_coords is None) != (self.lattice is None):
+            consistent = False
+        elif self.frac_coords is not None and self.lattice is not None:
+            consistent = consistent and (
+                tuple(self.frac_coords.shape) == (self.atomic_numbers.numel(), 3)
+                and tuple(self.lattice.shape) == (len(self.vectors), 3, 3)
+            )
+        if not consistent:
             raise ValueError("embedding store: tensor shapes do not agree with each other")
         self._cell_facts: torch.Tensor | None = None
 
@@ -88,8 +110,13 @@ class EmbeddingStore:
     def width(self) -> int:
         return int(self.vectors.shape[1])
 
+    @property
+    def has_structures(self) -> bool:
+        return self.lattice is not None
+
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).contiguous() for name in TENSOR_DTYPES}
+        names = [*TENSOR_DTYPES, *(STRUCTURE_DTYPES if self.has_structures else ())]
+        return {name: getattr(self, name).contiguous() for name in names}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> EmbeddingStore:
@@ -106,7 +133,19 @@ class EmbeddingStore:
         index = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise IndexError(f"row out of range for a store of {len(self)} crystals")
-        return EmbeddingBatch(self.vectors[index], self.cell_facts()[index])
+        if not self.has_structures:
+            return EmbeddingBatch(self.vectors[index], self.cell_facts()[index])
+        starts, ends = self.node_ptr[index], self.node_ptr[index + 1]
+        counts = ends - starts
+        atoms = torch.cat([torch.arange(int(a), int(b)) for a, b in zip(starts, ends, strict=True)])
+        return EmbeddingBatch(
+            self.vectors[index],
+            self.cell_facts()[index],
+            atomic_numbers=self.atomic_numbers[atoms],
+            node_ptr=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]),
+            frac_coords=self.frac_coords[atoms],  # type: ignore[index]
+            lattice=self.lattice[index],  # type: ignore[index]
+        )
 
     def input_bytes(self, row: int) -> bytes:
         """What a material's structure contributes to the data fingerprint: its atoms and vector."""
@@ -124,10 +163,11 @@ class EmbeddingStoreWriter:
     (:meth:`parts`) or a memory-mapped store (:meth:`store`).
     """
 
-    def __init__(self, width: int, directory: Path | None = None) -> None:
+    def __init__(self, width: int, directory: Path | None = None, *, keep_structures: bool = False) -> None:
         self.width = width
         self.directory = directory
-        self._chunks: dict[str, list[np.ndarray]] = {"vectors": [], "atomic_numbers": []}
+        names = ["vectors", "atomic_numbers", *(["frac_coords", "lattice"] if keep_structures else [])]
+        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
         self._node_counts: list[np.ndarray] = []
         self._finite: list[np.ndarray] = []
         if directory is not None:
@@ -138,14 +178,24 @@ class EmbeddingStoreWriter:
     def __len__(self) -> int:
         return int(sum(len(c) for c in self._node_counts))
 
-    def add(self, vectors: np.ndarray, atomic_numbers: Sequence[np.ndarray]) -> None:
-        """Keep one chunk: vectors [n, width] and each crystal's atomic numbers."""
+    def add(
+        self,
+        vectors: np.ndarray,
+        atomic_numbers: Sequence[np.ndarray],
+        frac_coords: Sequence[np.ndarray] = (),
+        lattices: Sequence[np.ndarray] = (),
+    ) -> None:
+        """Keep one chunk: vectors [n, width], each crystal's atomic numbers (and, when the writer
+        keeps structures, its fractional coordinates [atoms, 3] and lattice [3, 3])."""
         if not len(atomic_numbers):
             return
         arrays: dict[str, np.ndarray] = {
             "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.width),
             "atomic_numbers": np.ascontiguousarray(np.concatenate(atomic_numbers), dtype=np.int64),
         }
+        if "lattice" in self._chunks:
+            arrays["frac_coords"] = np.ascontiguousarray(np.concatenate(frac_coords), dtype=np.float64)
+            arrays["lattice"] = np.ascontiguousarray(np.stack(lattices), dtype=np.float64)
         self._node_counts.append(np.array([len(z) for z in atomic_numbers], dtype=np.int64))
         self._finite.append(np.isfinite(arrays["vectors"]).all(axis=1))
         for name, array in arrays.items():
@@ -164,7 +214,12 @@ class EmbeddingStoreWriter:
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         atoms = int(sum(c.sum() for c in self._node_counts))
-        return {"vectors": (len(self), self.width), "atomic_numbers": (atoms,)}
+        return {
+            "vectors": (len(self), self.width),
+            "atomic_numbers": (atoms,),
+            "frac_coords": (atoms, 3),
+            "lattice": (len(self), 3, 3),
+        }
 
     def has_files_for(self, store: GraphStore | EmbeddingStore | None) -> bool:
         """Whether ``store`` is this writer's, written to files (so its parts can be streamed)."""
@@ -180,14 +235,14 @@ class EmbeddingStoreWriter:
         if self.directory is None:
             raise ValueError("an in-memory writer has no files")
         shapes = self._shapes()
-        dtypes: dict[str, np.dtype] = {"vectors": np.dtype(np.float32), "atomic_numbers": np.dtype(np.int64)}
-        return {name: (dtypes[name], shapes[name], self.directory / name) for name in self._chunks}
+        return {name: (_NUMPY[name], shapes[name], self.directory / name) for name in self._chunks}
 
     def store(self) -> EmbeddingStore:
         """Every crystal added: memory-mapped from the files, or joined in memory."""
         shapes = self._shapes()
         tensors = {}
-        for name, dtype in (("vectors", np.float32), ("atomic_numbers", np.int64)):
+        for name in self._chunks:
+            dtype = _NUMPY[name]
             if self.directory is None or np.prod(shapes[name]) == 0:
                 chunks = self._chunks[name]
                 array = np.concatenate(chunks) if chunks else np.zeros(shapes[name], dtype=dtype)
@@ -195,3 +250,11 @@ class EmbeddingStoreWriter:
                 array = np.memmap(self.directory / name, dtype=dtype, mode="c", shape=shapes[name])
             tensors[name] = torch.from_numpy(np.asarray(array).reshape(shapes[name]))
         return EmbeddingStore({**tensors, **self.pointers()})
+
+
+_NUMPY: dict[str, np.dtype] = {
+    "vectors": np.dtype(np.float32),
+    "atomic_numbers": np.dtype(np.int64),
+    "frac_coords": np.dtype(np.float64),
+    "lattice": np.dtype(np.float64),
+}

@@ -37,7 +37,9 @@ def structure_embedder(config: Config) -> StructureEmbedder | None:
     if name not in BACKBONES or not config.data.use_structure:
         return None
     _check_pin(config, backbone_module(name).info())  # or a one-line error names the extra
-    embedder: StructureEmbedder = backbone_module(name).Embedder()
+    embedder: StructureEmbedder = backbone_module(name).Embedder(
+        keep_structures=config.model.backbone_lr is not None
+    )
     return embedder
 
 

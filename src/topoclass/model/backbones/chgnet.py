@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from topoclass.errors import TopoclassError
+from topoclass.features.embedding_store import EmbeddingBatch
 from topoclass.model.backbones.info import BackboneInfo
 
 if TYPE_CHECKING:
@@ -122,6 +123,37 @@ class ChgnetFeatures(nn.Module):
         return torch.cat([out["crystal_fea"], mean, maximum, scalars], dim=1)
 
 
+class TrainableChgnet(nn.Module):
+    """CHGNet inside the model, fine-tuned end to end: crystals of a batch in, vectors out.
+
+    Each step converts the batch's crystals to CHGNet graphs with CHGNet's own converter
+    (milliseconds per crystal, small beside the forward and backward passes).
+    """
+
+    def __init__(self, model: CHGNet | None = None) -> None:
+        super().__init__()
+        self.features = ChgnetFeatures(model if model is not None else load())
+
+    def forward(self, batch: EmbeddingBatch) -> torch.Tensor:
+        from pymatgen.core import Lattice, Structure
+
+        if batch.lattice is None or batch.frac_coords is None or batch.node_ptr is None:
+            raise ValueError("fine-tuning CHGNet needs the crystals (a store that keeps structures)")
+        ptr = batch.node_ptr.tolist()
+        converter = self.features.chgnet.graph_converter
+        graphs = [
+            converter(
+                Structure(
+                    Lattice(batch.lattice[g].cpu().numpy()),
+                    batch.atomic_numbers[ptr[g] : ptr[g + 1]].tolist(),  # type: ignore[index]
+                    batch.frac_coords[ptr[g] : ptr[g + 1]].cpu().numpy(),
+                )
+            ).to(batch.vectors.device)
+            for g in range(batch.num_graphs)
+        ]
+        return self.features(graphs).to(batch.vectors.dtype)
+
+
 class ChgnetEmbedder:
     """Frozen CHGNet vectors for featurization (a :class:`StructureEmbedder`); loads on first use."""
 
@@ -129,13 +161,16 @@ class ChgnetEmbedder:
     key = WEIGHTS_SHA256
     width = WIDTH
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_structures: bool = False) -> None:
+        self.keep_structures = keep_structures
         self._features: ChgnetFeatures | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}  # workers load their own copy: the weights never travel through a pipe
+        # Workers load their own copy: the weights never travel through a pipe.
+        return {"keep_structures": self.keep_structures}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self.keep_structures = state["keep_structures"]
         self._features = None
 
     @property
@@ -153,3 +188,4 @@ class ChgnetEmbedder:
 
 
 Embedder = ChgnetEmbedder
+Trainable = TrainableChgnet
