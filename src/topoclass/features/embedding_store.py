@@ -68,8 +68,11 @@ class EmbeddingBatch:
         return int(self.vectors.shape[0])
 
     def to(self, device: torch.device | str) -> EmbeddingBatch:
-        moved: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        return EmbeddingBatch(**{k: v if v is None else v.to(device) for k, v in moved.items()})
+        moved: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = None if value is None else value.to(device)
+        return EmbeddingBatch(**moved)
 
 
 class EmbeddingStore:
