@@ -146,6 +146,11 @@ class ModelConfig(_Section):
         description="cgconv: crystal-graph convolutions trained here; chgnet: the pretrained CHGNet "
         "(pip install 'topoclass[chgnet]'), frozen vectors computed once at featurization",
     )
+    element_vectors: Literal["learned", "chgnet"] = Field(
+        "learned",
+        description="chgnet: the composition encoder also reads CHGNet's pretrained per-element "
+        "vectors (frozen) beside its own learned ones",
+    )
     backbone_weights_sha256: str | None = Field(
         None,
         description="the pretrained backbone's weights a run uses; filled in when a run starts, "

@@ -233,3 +233,17 @@ def test_fine_tuning_resumes_bit_exact_from_a_mid_epoch_checkpoint(chgnet, tmp_p
     assert expected.keys() == got.keys() and any(k.startswith("backbone.") for k in got)
     for key in expected:
         assert torch.equal(expected[key], got[key]), f"{key} differs after resuming"
+
+
+def test_formula_models_can_read_chgnets_element_vectors(chgnet):
+    from topoclass.model.multitask import MultitaskModel
+
+    config = load_config(None, {"model.element_vectors": "chgnet", "model.hidden_dim": 16})
+    model = MultitaskModel(config.model, [TaskConfig(name="topo", classes=["x", "y"])], use_structure=False)
+    vectors = model.composition.pretrained_elements
+    table = chgnet.element_table()
+    assert vectors is not None and torch.equal(vectors[0], torch.zeros(table.shape[1]))
+    assert torch.equal(vectors[1 : chgnet.ELEMENTS + 1], table)  # row z: atomic number z
+    assert not vectors[chgnet.ELEMENTS + 1 :].any()  # elements CHGNet never saw
+    assert "composition.pretrained_elements" in model.state_dict()
+    assert not any(p is vectors for p in model.parameters())  # frozen

@@ -44,7 +44,7 @@ from topoclass.data.clean import formula_key
 from topoclass.data.featureset import FeatureSet
 from topoclass.errors import CheckpointError
 from topoclass.files import atomic_write
-from topoclass.model.backbones import backbone_info
+from topoclass.model.backbones import backbone_info, used_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -406,10 +406,14 @@ def model_card(layout: RunLayout, serving: Serving, checkpoint: str) -> str:
 def _structure_encoder_lines(layout: RunLayout) -> list[str]:
     """The pretrained backbone the run's structures went through, when it has one."""
     config = layout.read_config()
-    info = backbone_info(config.model.structure_encoder) if config.data.use_structure else None
+    name = used_backbone(config)
+    info = backbone_info(name) if name is not None else None
     if info is None:
         return []
-    return [f"Structure encoder: {info.describe()}, frozen.", ""]
+    if config.data.use_structure and config.model.structure_encoder == name:
+        how = "fine-tuned" if config.model.backbone_lr is not None else "frozen"
+        return [f"Structure encoder: {info.describe()}, {how}.", ""]
+    return [f"Element vectors from {info.describe()}.", ""]
 
 
 def predictions_for(

@@ -15,7 +15,7 @@ from torch import nn
 
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.features.composition import NUM_DESCRIPTORS
-from topoclass.model.backbones import backbone_module
+from topoclass.model.backbones import backbone_module, pretrained_element_vectors
 from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
 from topoclass.model.heads import TaskHeads
 from topoclass.model.structure_encoder import StructureEncoder
@@ -45,6 +45,7 @@ class MultitaskModel(nn.Module):
             config.dropout,
             # With structures, a flag says whose band-filling facts are assumed (FeatureSet.descriptors_read).
             num_descriptors=NUM_DESCRIPTORS + int(use_structure),
+            pretrained_elements=pretrained_element_vectors(config.element_vectors),
         )
         self.symmetry = SymmetryEncoder(config.spacegroup_embedding_dim, hidden, config.dropout)
         self.structure: nn.Module | None = None

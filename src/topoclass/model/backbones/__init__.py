@@ -10,8 +10,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import torch
+
 from topoclass.config import Config
 from topoclass.errors import ConfigError
+from topoclass.features.composition import MAX_Z
 from topoclass.features.embedding_store import StructureEmbedder
 from topoclass.model.backbones.info import BackboneInfo
 
@@ -43,15 +46,34 @@ def structure_embedder(config: Config) -> StructureEmbedder | None:
     return embedder
 
 
+def pretrained_element_vectors(name: str) -> torch.Tensor | None:
+    """A backbone's per-element vectors, [119, D] by atomic number (zeros where it has none); None
+    for ``learned`` (``model.element_vectors``)."""
+    if name not in BACKBONES:
+        return None
+    table = backbone_module(name).element_table()
+    vectors = torch.zeros(MAX_Z + 1, table.shape[1], dtype=torch.float32)
+    vectors[1 : table.shape[0] + 1] = table[:MAX_Z].float()
+    return vectors
+
+
+def used_backbone(config: Config) -> str | None:
+    """The pretrained backbone a config uses: for structures, or for its element vectors."""
+    if config.data.use_structure and config.model.structure_encoder in BACKBONES:
+        return config.model.structure_encoder
+    return config.model.element_vectors if config.model.element_vectors in BACKBONES else None
+
+
 def pin_backbone(config: Config) -> BackboneInfo | None:
     """The backbone a run uses, checked against the weights its config pins (pinned now when unset).
 
     None without a backbone. A config pinned to other weights than the installed ones is an
     error: the vectors, the cache and the trained weights would not belong together.
     """
-    if not config.data.use_structure:
+    name = used_backbone(config)
+    if name is None:
         return None
-    info = backbone_info(config.model.structure_encoder)
+    info = backbone_info(name)
     if info is None:
         return None
     _check_pin(config, info)
