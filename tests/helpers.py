@@ -92,7 +92,7 @@ def run_cli(
     )
 
 
-HEAVY_MODULES = ("torch", "sklearn", "lightgbm", "matplotlib", "torch_geometric")
+HEAVY_MODULES = ("torch", "sklearn", "lightgbm", "matplotlib", "torch_geometric", "chgnet")
 
 
 def heavy_imports(args: list[str], tmp_path: Path) -> set[str]:
