@@ -12,17 +12,26 @@ from pymatgen.core import Lattice, Structure
 from topoclass.config import DataConfig, TaskConfig, load_config
 from topoclass.errors import ConfigError, TopoclassError
 
+# Primitive cells built directly (pymatgen's from_spacegroup costs seconds per call):
+# name -> (lattice kind, a, species, fractional coordinates).
 CRYSTALS = {
-    "a": ("Fm-3m", 5.6, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
-    "b": ("Fm-3m", 6.5, ["Pb", "Te"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
-    "c": ("Pm-3m", 4.1, ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
-    "d": ("Fd-3m", 5.43, ["Si"], [[0, 0, 0]]),
+    "a": ("fcc", 5.6, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "b": ("fcc", 6.5, ["Pb", "Te"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "c": ("cubic", 4.1, ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    "d": ("fcc", 5.43, ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]]),
 }
 
 
 def crystal(name: str) -> Structure:
-    group, a, species, coords = CRYSTALS[name]
-    return Structure.from_spacegroup(group, Lattice.cubic(a), species, coords)
+    kind, a, species, coords = CRYSTALS[name]
+    return primitive(kind, a, species, coords)
+
+
+def primitive(kind: str, a: float, species: list[str], coords: list[list[float]]) -> Structure:
+    if kind == "cubic":
+        return Structure(Lattice.cubic(a), species, coords)
+    h = a / 2
+    return Structure(Lattice([[0, h, h], [h, 0, h], [h, h, 0]]), species, coords)
 
 
 @pytest.fixture(scope="module")
@@ -207,10 +216,10 @@ def test_fine_tuning_resumes_bit_exact_from_a_mid_epoch_checkpoint(chgnet, tmp_p
     from topoclass.checkpoint.manager import read_checkpoint
 
     data = structure_table(tmp_path)
-    extra = [("e", "Fm-3m", 5.9, ["K", "Br"]), ("f", "Fm-3m", 6.1, ["Sn", "Te"])]
+    extra = [("e", 5.9, ["K", "Br"]), ("f", 6.1, ["Sn", "Te"])]
     rows = (tmp_path / "t.csv").read_text().splitlines()
-    for name, group, a, species in extra:
-        structure = Structure.from_spacegroup(group, Lattice.cubic(a), species, [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for name, a, species in extra:
+        structure = primitive("fcc", a, species, [[0, 0, 0], [0.5, 0.5, 0.5]])
         (tmp_path / f"{name}.vasp").write_text(structure.to(fmt="poscar"))
         rows.append(f"{name},{name}.vasp,{'xy'[name == 'f']}")
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
