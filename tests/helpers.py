@@ -93,7 +93,7 @@ def run_cli(
     )
 
 
-HEAVY_MODULES = ("torch", "sklearn", "lightgbm", "matplotlib", "torch_geometric", "fastapi")
+HEAVY_MODULES = ("torch", "sklearn", "lightgbm", "matplotlib", "torch_geometric", "fastapi", "chgnet")
 
 
 def heavy_imports(args: list[str], tmp_path: Path) -> set[str]:

@@ -141,6 +141,30 @@ class ModelConfig(_Section):
     fusion_layers: int = Count(2, ge=1)
     graph_layers: int = Count(3, ge=1)
     dropout: Real = Field(0.1, ge=0, lt=1)
+    structure_encoder: Literal["cgconv", "chgnet"] = Field(
+        "cgconv",
+        description="cgconv: crystal-graph convolutions trained here; chgnet: the pretrained CHGNet "
+        "(pip install 'topoclass[chgnet]'), frozen vectors computed once at featurization",
+    )
+    element_vectors: Literal["learned", "chgnet"] = Field(
+        "learned",
+        description="chgnet: the composition encoder also reads CHGNet's pretrained per-element "
+        "vectors (frozen) beside its own learned ones",
+    )
+    backbone_weights_sha256: str | None = Field(
+        None,
+        description="the pretrained backbone's weights a run uses; filled in when a run starts, "
+        "so the saved config pins them and other weights are refused",
+    )
+    backbone_lr: Real | None = Field(
+        None,
+        gt=0,
+        description="fine-tune the pretrained backbone end to end at this peak learning rate "
+        "(it follows the same schedule); unset: the backbone stays frozen",
+    )
+    backbone_frozen_epochs: int = Count(
+        0, description="when fine-tuning, the first epochs read the cached frozen vectors (a warm-up)"
+    )
 
 
 class TrainConfig(_Section):

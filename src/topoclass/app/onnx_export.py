@@ -269,8 +269,13 @@ def ensure_network_export(layout: RunLayout) -> Path | None:
     """Export the run's best weights next to its serving rules, unless a current export is there.
     A failed export is logged, not fatal: prediction then runs the PyTorch model."""
     directory = layout.network_export_dir()
+    config = layout.read_config()
+    if config.model.structure_encoder != "cgconv" and config.data.use_structure:
+        # A pretrained backbone's vectors come from its own PyTorch model: prediction needs it anyway.
+        logger.info("No ONNX export: the structures go through a pretrained backbone on PyTorch")
+        return None
     best = checkpoint_target(layout.checkpoints).single(prefer_best=True)
-    if _export_is_current(directory, layout.read_config(), best):
+    if _export_is_current(directory, config, best):
         return directory
     run = load_run(layout.root, backend="torch")
     try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from topoclass.inference.onnx_network import load_network
 from topoclass.inference.rules import Serving, load_serving, not_applicable, predictions_for
 from topoclass.tasks import task_type
 from topoclass.threads import choose_threads
+
+if TYPE_CHECKING:
+    from topoclass.features.embedding_store import StructureEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,9 @@ def predict_materials(
     Each task is served by the source its run chose on validation (network, trees or blend),
     or by ``predictor`` when given; the row says which.
     """
-    features, skipped = featurize_materials(materials, run.tasks, run.config.data)
+    features, skipped = featurize_materials(
+        materials, run.tasks, run.config.data, backbone_embedder(run.config)
+    )
     if features is None:
         return Predictions([], skipped)
     return Predictions(prediction_rows(run, features, predictor=predictor), skipped)
@@ -144,3 +149,13 @@ def prediction_rows(
             row[f"{task.name}:predictor"] = sources[task.name]
         rows.append(row)
     return rows
+
+
+def backbone_embedder(config: Config) -> StructureEmbedder | None:
+    """The frozen pretrained backbone that turns a run's structures into vectors, if it has one
+    (its module imports PyTorch, so a crystal-graph run never loads it)."""
+    if config.model.structure_encoder == "cgconv" or not config.data.use_structure:
+        return None
+    from topoclass.model.backbones import structure_embedder
+
+    return structure_embedder(config)

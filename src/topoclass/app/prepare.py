@@ -22,6 +22,7 @@ from topoclass.data.fingerprint import describe_changes, fingerprint_record, spl
 from topoclass.data.records import Material
 from topoclass.data.split import SPLIT_NAMES, load_split, split_materials
 from topoclass.errors import DataError
+from topoclass.model.backbones import structure_embedder
 from topoclass.tasks import task_type
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 def prepare_data(config: Config) -> PreparedDataset:
     """Load (or featurize and cache) the configured dataset, with a timing line."""
-    data = prepare_dataset(config.data)
+    data = prepare_dataset(config.data, structure_embedder(config))
     how = "from cache" if data.from_cache else "featurized and cached"
     logger.info("Dataset %s: %d materials, %s in %.2f s", data.name, len(data.features), how, data.seconds)
     return data

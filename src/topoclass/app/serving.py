@@ -52,6 +52,7 @@ from topoclass.inference.rules import (
     trees_file,
 )
 from topoclass.inference.tree_inputs import tree_inputs
+from topoclass.model.backbones import backbone_info, used_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ def model_card(layout: RunLayout, serving: Serving, checkpoint: str) -> str:
         "validation split (`serving/`). `topoclass predict` serves, per task, the source below;",
         "`--predictor network|trees|blend` overrides it.",
         "",
+        *_structure_encoder_lines(layout),
         "| task | served | blend weight of the network | " + " | ".join(f"val {s}" for s in SOURCES) + " |",
         "|---|---|---:|" + "---:|" * len(SOURCES),
     ]
@@ -258,3 +260,16 @@ def model_card(layout: RunLayout, serving: Serving, checkpoint: str) -> str:
             f"| {name} | **{rule.predictor}** | {rule.blend_weight:.2f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _structure_encoder_lines(layout: RunLayout) -> list[str]:
+    """The pretrained backbone the run's structures went through, when it has one."""
+    config = layout.read_config()
+    name = used_backbone(config)
+    info = backbone_info(name) if name is not None else None
+    if info is None:
+        return []
+    if config.data.use_structure and config.model.structure_encoder == name:
+        how = "fine-tuned" if config.model.backbone_lr is not None else "frozen"
+        return [f"Structure encoder: {info.describe()}, {how}.", ""]
+    return [f"Element vectors from {info.describe()}.", ""]

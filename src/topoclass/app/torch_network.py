@@ -52,6 +52,7 @@ def load_torch_run(layout: RunLayout, config: Config, device: str) -> TrainedRun
     tasks = [TaskConfig.model_validate(t) for t in loaded.metadata["tasks"]]
     model = build_model(config, tasks)
     load_component(loaded, "model", model, inference_weights(loaded.state))
+    model.backbone_live = model.backbone is not None  # a fine-tuned backbone is no longer the cached one
     network = TorchNetwork(model.to(target).eval(), target)
     return TrainedRun(
         config, tasks, network, layout, path, load_serving(layout.serving_dir(), threads=threads)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +46,8 @@ from topoclass.distributed import PeerFailedError, ProcessGroup
 from topoclass.errors import CheckpointError, ConfigError, DataError, ResumableStop
 from topoclass.files import atomic_write
 from topoclass.inference.rules import Serving
+from topoclass.model.backbones import pin_backbone
+from topoclass.model.backbones.info import BackboneInfo
 from topoclass.model.inference import raw_outputs
 from topoclass.threads import configure_threads
 from topoclass.trainer.device import autocast_dtype, select_device
@@ -76,6 +79,7 @@ def run_training(config: Config, *, accept_data_change: bool = False) -> int:
     autocast_dtype(config.train.precision, device)  # fp16 on a CPU is refused now, not after featurizing
     wanted_loggers(config.train.loggers)
     check_sources(config.data)
+    backbone = pin_backbone(config)
     _check_run_directory(layout)
     mode = resolve_resume_mode(config.checkpoint.resume)
     explicit = None if mode in RESUME_MODES else checkpoint_target(Path(mode)).single(prefer_best=False)
@@ -85,7 +89,7 @@ def run_training(config: Config, *, accept_data_change: bool = False) -> int:
     distributed.start(group, device, timeout_s=config.train.collective_timeout_s)
     try:
         with install_stop_handlers() as stop:
-            return _run(config, layout, device, group, mode, explicit, stop, accept_data_change)
+            return _run(config, layout, device, group, mode, explicit, stop, accept_data_change, backbone)
     except PeerFailedError as error:
         raise ResumableStop(str(error)) from error
     finally:
@@ -101,6 +105,7 @@ def _run(
     explicit: Path | None,
     stop: StopRequest,
     accept_data_change: bool,
+    backbone: BackboneInfo | None = None,
 ) -> int:
     lock = CheckpointLock(layout.checkpoints)
     if group.is_primary and layout.checkpoints.is_dir():
@@ -122,7 +127,9 @@ def _run(
             _set_aside_previous_run(layout, mode)
             lock.acquire()
         group.barrier()
-        return _train(config, layout, device, group, data, checkpoint, stop, time.perf_counter() - started)
+        return _train(
+            config, layout, device, group, data, checkpoint, stop, time.perf_counter() - started, backbone
+        )
     finally:
         lock.release()
 
@@ -259,13 +266,16 @@ def _train(
     checkpoint: LoadedCheckpoint | None,
     stop: StopRequest,
     find_seconds: float,
+    backbone: BackboneInfo | None = None,
 ) -> int:
     features = data.prepared.features
-    run_metadata = {
+    run_metadata: dict[str, Any] = {
         "code_revision": code_revision(),
         "data_fingerprint": data.fingerprint["digest"],
         "split_ids_sha256": data.split_digest,
     }
+    if backbone is not None:
+        run_metadata["backbone"] = backbone.as_dict()
     with CheckpointManager(layout.checkpoints, config.checkpoint, group=group) as manager:
         trainer = Trainer(
             config,

@@ -35,7 +35,11 @@ if TYPE_CHECKING:
     import torch
 
     from topoclass.data.featureset import FeatureSet
+    from topoclass.features.embedding_store import EmbeddingStore, EmbeddingStoreWriter, StructureEmbedder
     from topoclass.features.graph_store import GraphStore, GraphStoreWriter
+
+    StructureStore = GraphStore | EmbeddingStore
+    StoreWriter = GraphStoreWriter | EmbeddingStoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +65,13 @@ class PreparedDataset:
 class StructuredMaterials:
     """Materials after their structures were featurized: the ones kept, their graphs, the rejects.
 
-    ``graph_rows[i]`` is material i's row in ``graphs``, or -1 without a structure (or when
-    the run does not use structures).
+    ``graph_rows[i]`` is material i's row in ``graphs`` (crystal graphs, or a backbone's
+    vectors), or -1 without a structure (or when the run does not use structures).
     """
 
     materials: list[Material]
     graph_rows: list[int]
-    graphs: GraphStore | None
+    graphs: StructureStore | None
     rejects: list[Reject]
 
 
@@ -77,7 +81,8 @@ def attach_structures(
     *,
     workers: int,
     use_structure: bool,
-    writer: GraphStoreWriter | None = None,
+    writer: StoreWriter | None = None,
+    embedder: StructureEmbedder | None = None,
     max_atoms: int = 0,
     progress: bool | None = None,
 ) -> StructuredMaterials:
@@ -87,8 +92,9 @@ def attach_structures(
     only when the record lacks its formula or space group (to derive them), and no graph
     is built: a formula-only run never pays for structures it ignores. A space group the
     data already gives is kept and not searched for again (the search is most of the cost).
-    A bad structure (or one of more than ``max_atoms`` atoms, when given) makes its record a
-    reject, not an error.
+    With an ``embedder`` (a frozen backbone) each structure becomes the backbone's vector
+    instead of a crystal graph. A bad structure (or one of more than ``max_atoms`` atoms, when
+    given) makes its record a reject, not an error.
     """
     wanted = [
         i
@@ -98,18 +104,32 @@ def attach_structures(
     if not wanted:
         plain = [dataclasses.replace(m, structure=None) if m.structure else m for m in materials]
         return StructuredMaterials(plain, [-1] * len(materials), None, [])
-    from topoclass.features.structure_pipeline import featurize_structures
+    refs = [materials[i].structure for i in wanted]
+    searches = [materials[i].spacegroup is None for i in wanted]
+    if embedder is not None and use_structure:
+        from topoclass.features.embedding_pipeline import embed_structures
 
-    result = featurize_structures(
-        [materials[i].structure for i in wanted],  # type: ignore[misc]
-        graph,
-        find_spacegroup=[materials[i].spacegroup is None for i in wanted],
-        workers=workers,
-        with_graphs=use_structure,
-        writer=writer,
-        max_atoms=max_atoms,
-        progress=progress,
-    )
+        result = embed_structures(
+            refs,  # type: ignore[arg-type]
+            graph,
+            embedder,
+            find_spacegroup=searches,
+            workers=workers,
+            writer=writer,  # type: ignore[arg-type]
+        )
+    else:
+        from topoclass.features.structure_pipeline import featurize_structures
+
+        result = featurize_structures(
+            refs,  # type: ignore[arg-type]
+            graph,
+            find_spacegroup=searches,
+            workers=workers,
+            with_graphs=use_structure,
+            writer=writer,  # type: ignore[arg-type]
+            max_atoms=max_atoms,
+            progress=progress,
+        )
     position = dict(zip(wanted, range(len(wanted)), strict=True))
     kept: list[Material] = []
     rejects: list[Reject] = []
@@ -160,7 +180,7 @@ def build_feature_set(
     materials: Sequence[Material],
     tasks: list[TaskConfig],
     *,
-    graphs: GraphStore | None,
+    graphs: StructureStore | None,
     graph_rows: Sequence[int],
 ) -> FeatureSet:
     """:func:`build_feature_arrays` as tensors (sharing the arrays' memory), for training."""
@@ -175,20 +195,23 @@ def featurize_materials(
     materials: Sequence[Material],
     tasks: list[TaskConfig],
     data: DataConfig,
+    embedder: StructureEmbedder | None = None,
     *,
     max_atoms: int = 0,
     progress: bool | None = None,
 ) -> tuple[FeatureArrays | None, list[Reject]]:
     """Features of unlabelled materials (for prediction), with the records that cannot have any.
 
-    A structure of more than ``max_atoms`` atoms (0: any number) is turned away before its graph
-    is built. ``progress``: the featurization's progress bar (default: on a terminal).
+    ``embedder``: a frozen pretrained backbone whose vectors stand for the structures. A structure
+    of more than ``max_atoms`` atoms (0: any number) is turned away before its graph is built.
+    ``progress``: the featurization's progress bar (default: on a terminal).
     """
     structured = attach_structures(
         materials,
         data.graph,
         workers=data.featurize_workers,
         use_structure=data.use_structure,
+        embedder=embedder,
         max_atoms=max_atoms,
         progress=progress,
     )
@@ -207,7 +230,10 @@ def featurize_materials(
 
 
 def _featurize(
-    raw: RawDataset, data: DataConfig, writer: GraphStoreWriter | None = None
+    raw: RawDataset,
+    data: DataConfig,
+    writer: StoreWriter | None = None,
+    embedder: StructureEmbedder | None = None,
 ) -> tuple[FeatureSet, list[Reject], dict[str, int]]:
     structured = attach_structures(
         raw.materials,
@@ -215,6 +241,7 @@ def _featurize(
         workers=data.featurize_workers,
         use_structure=data.use_structure,
         writer=writer,
+        embedder=embedder,
     )
     cleaned = clean_materials(
         structured.materials, raw.tasks, prior_rejects=[*raw.rejects, *structured.rejects]
@@ -269,12 +296,7 @@ def finite_rows(features: FeatureSet, *, finite_graphs: np.ndarray | None = None
     if finite_graphs is not None:
         broken = ~torch.from_numpy(np.asarray(finite_graphs, dtype=bool))
     else:
-        node_graph = torch.repeat_interleave(torch.arange(len(graphs)), graphs.node_ptr.diff())
-        edge_graph = torch.repeat_interleave(torch.arange(len(graphs)), graphs.edge_ptr.diff())
-        broken = torch.zeros(len(graphs), dtype=torch.bool)
-        broken[node_graph[~torch.isfinite(graphs.eigenvectors).all(dim=1)]] = True
-        broken[edge_graph[~torch.isfinite(graphs.edge_distance)]] = True
-        broken |= ~torch.isfinite(graphs.eigenvalues).all(dim=1)
+        broken = ~graphs.finite()
     has_graph = features.graph_index >= 0
     return finite & ~(has_graph & broken[features.graph_index.clamp_min(0)])
 
@@ -298,7 +320,7 @@ def _record_fingerprint(material: Material) -> list[Any]:
     return [material.id, material.formula, material.spacegroup, material.labels, structure]
 
 
-def _cache_key(raw: RawDataset, data: DataConfig) -> str:
+def _cache_key(raw: RawDataset, data: DataConfig, embedder: StructureEmbedder | None) -> str:
     from topoclass.data.cache import fingerprint
 
     settings = {
@@ -308,19 +330,27 @@ def _cache_key(raw: RawDataset, data: DataConfig) -> str:
         "graph": data.graph.model_dump(mode="json"),
         "use_structure": data.use_structure,
     }
+    if embedder is not None and data.use_structure:
+        # Other weights make other vectors: the weights' SHA-256 is part of the key.
+        kept = ["with structures"] if embedder.keep_structures else []
+        settings["backbone"] = [embedder.name, embedder.key, *kept]
     records = [_record_fingerprint(m) for m in raw.materials]
     rejects = [dataclasses.astuple(r) for r in raw.rejects]
     return fingerprint([settings, records, rejects])
 
 
-def prepare_dataset(data: DataConfig) -> PreparedDataset:
-    """Load the configured dataset's features, from the cache when it is current."""
+def prepare_dataset(data: DataConfig, embedder: StructureEmbedder | None = None) -> PreparedDataset:
+    """Load the configured dataset's features, from the cache when it is current.
+
+    With an ``embedder`` (a frozen pretrained backbone) structures become its vectors,
+    computed once and cached under its weights' digest.
+    """
     from topoclass.data.cache import read_entry
     from topoclass.data.datasets import load_dataset
 
     start = time.perf_counter()
     raw = load_dataset(data)
-    key = _cache_key(raw, data)
+    key = _cache_key(raw, data, embedder)
     entry = data.resolved_cache_dir() / f"{raw.name}-{key[:20]}"
     cached = read_entry(entry)
     if cached is not None:
@@ -333,7 +363,7 @@ def prepare_dataset(data: DataConfig) -> PreparedDataset:
         logger.info(
             "Featurizing %d records of %s (first run; cached afterwards)", len(raw.materials), raw.name
         )
-        features, rejects, counts = _featurize_into_cache(raw, data, entry)
+        features, rejects, counts = _featurize_into_cache(raw, data, entry, embedder)
     main_task = next(task for task in features.tasks if task.name == raw.main_task)
     return PreparedDataset(
         name=raw.name,
@@ -348,17 +378,17 @@ def prepare_dataset(data: DataConfig) -> PreparedDataset:
 
 
 def _featurize_into_cache(
-    raw: RawDataset, data: DataConfig, entry: Path
+    raw: RawDataset, data: DataConfig, entry: Path, embedder: StructureEmbedder | None = None
 ) -> tuple[FeatureSet, list[Reject], dict[str, int]]:
-    """Featurize, streaming the crystal graphs to disk, write the cache entry, and read it back
-    memory-mapped: the memory a featurization needs does not grow with the number of structures."""
+    """Featurize, streaming the crystal graphs (or backbone vectors) to disk, write the cache entry,
+    and read it back memory-mapped: the memory a featurization needs does not grow with the
+    number of structures."""
     from topoclass.data.cache import begin_entry, read_entry, write_entry
-    from topoclass.features.graph_store import GraphStoreWriter
     from topoclass.tensorfile import numpy_code
 
     staging = begin_entry(entry)
-    writer = GraphStoreWriter(data.graph.spectral_k, staging / "graph-parts") if staging is not None else None
-    features, rejects, counts = _featurize(raw, data, writer)
+    writer = _store_writer(data, embedder, staging / "structure-parts") if staging is not None else None
+    features, rejects, counts = _featurize(raw, data, writer, embedder)
     meta = {
         "ids": features.ids,
         "formulas": features.formulas,
@@ -369,20 +399,29 @@ def _featurize_into_cache(
     if writer is None or not writer.has_files_for(features.graphs):
         write_entry(entry, features.tensors(), meta, staging=staging)
         return features, rejects, counts
+    prefix = f"{features.store_prefix}."
     parts = writer.parts()
     streamed = {
-        f"graph.{name}": (numpy_code(dtype), shape, [path])
+        f"{prefix}{name}": (numpy_code(dtype), shape, [path])
         for name, (dtype, shape, path) in parts.items()
         if not name.startswith("edge_")
     }
-    edges = parts["edge_source"][1][0]
-    streamed["graph.edge_index"] = ("I64", (2, edges), [parts["edge_source"][2], parts["edge_target"][2]])
-    streamed["graph.edge_distance"] = (
-        numpy_code(parts["edge_distance"][0]),
-        (edges,),
-        [parts["edge_distance"][2]],
-    )
-    small = {**features.tensors(with_graphs=False), **{f"graph.{k}": v for k, v in writer.pointers().items()}}
+    if "edge_source" in parts:
+        edges = parts["edge_source"][1][0]
+        streamed[f"{prefix}edge_index"] = (
+            "I64",
+            (2, edges),
+            [parts["edge_source"][2], parts["edge_target"][2]],
+        )
+        streamed[f"{prefix}edge_distance"] = (
+            numpy_code(parts["edge_distance"][0]),
+            (edges,),
+            [parts["edge_distance"][2]],
+        )
+    small = {
+        **features.tensors(with_graphs=False),
+        **{f"{prefix}{k}": v for k, v in writer.pointers().items()},
+    }
     if write_entry(entry, small, meta, staging=staging, streamed=streamed):
         cached = read_entry(entry)
         if cached is not None:
@@ -390,15 +429,31 @@ def _featurize_into_cache(
     return features, rejects, counts
 
 
+def _store_writer(data: DataConfig, embedder: StructureEmbedder | None, directory: Path) -> StoreWriter:
+    """Where featurization streams each structure's graph, or its backbone vector."""
+    if embedder is not None and data.use_structure:
+        from topoclass.features.embedding_store import EmbeddingStoreWriter
+
+        return EmbeddingStoreWriter(embedder.width, directory, keep_structures=embedder.keep_structures)
+    from topoclass.features.graph_store import GraphStoreWriter
+
+    return GraphStoreWriter(data.graph.spectral_k, directory)
+
+
 def _features_from_cache(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> FeatureSet:
     from topoclass.data.featureset import FeatureSet
 
     graph_tensors = {k.removeprefix("graph."): v for k, v in tensors.items() if k.startswith("graph.")}
-    graphs = None
+    vectors = {k.removeprefix("embedding."): v for k, v in tensors.items() if k.startswith("embedding.")}
+    graphs: StructureStore | None = None
     if graph_tensors:
         from topoclass.features.graph_store import GraphStore
 
         graphs = GraphStore.from_tensors(graph_tensors)
+    elif vectors:
+        from topoclass.features.embedding_store import EmbeddingStore
+
+        graphs = EmbeddingStore.from_tensors(vectors)
     return FeatureSet(
         ids=meta["ids"],
         formulas=meta["formulas"],

@@ -16,6 +16,7 @@ from topoclass.config import TaskConfig
 from topoclass.data.arrays import FeatureArrays
 
 if TYPE_CHECKING:
+    from topoclass.features.embedding_store import EmbeddingStore
     from topoclass.features.graph_store import GraphStore
 
 
@@ -32,7 +33,8 @@ class FeatureSet:
     spacegroup: torch.Tensor  # [N] 1..230
     labels: torch.Tensor  # [N, T] class index or value; NaN = missing
     graph_index: torch.Tensor  # [N] row in `graphs`, -1 = no structure
-    graphs: GraphStore | None = None
+    # The structures: crystal graphs, or a frozen backbone's vectors (model.structure_encoder).
+    graphs: GraphStore | EmbeddingStore | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,8 +114,14 @@ class FeatureSet:
         """:meth:`FeatureArrays.descriptors_read` as a tensor."""
         return torch.from_numpy(self.arrays().descriptors_read(rows.numpy(), with_graphs=with_graphs))
 
+    @property
+    def store_prefix(self) -> str:
+        """The cache's name prefix of the structure store: ``graph`` or ``embedding``."""
+        return "graph" if self.graphs is None or hasattr(self.graphs, "edge_ptr") else "embedding"
+
     def tensors(self, *, with_graphs: bool = True) -> dict[str, torch.Tensor]:
-        """Flat tensor dict for the cache (graphs prefixed with ``graph.``, unless left out)."""
+        """Flat tensor dict for the cache (the structure store's prefixed with :attr:`store_prefix`,
+        unless left out)."""
         out = {
             "element_index": self.element_index,
             "element_fraction": self.element_fraction,
@@ -123,5 +131,5 @@ class FeatureSet:
             "graph_index": self.graph_index,
         }
         if with_graphs and self.graphs is not None:
-            out.update({f"graph.{k}": v for k, v in self.graphs.to_tensors().items()})
+            out.update({f"{self.store_prefix}.{k}": v for k, v in self.graphs.to_tensors().items()})
         return out

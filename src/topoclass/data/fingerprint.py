@@ -1,7 +1,7 @@
 """What a dataset holds, per material, so a resumed run can tell whether its data changed.
 
 A run records one short digest of each material's inputs (formula, space group and,
-when it has one, its crystal graph) and one of its labels. Order does not matter:
+when it has one, its crystal graph or backbone vector) and one of its labels. Order does not matter:
 the same records read in another order have the same fingerprint. On resume the
 digests are compared, and a change is named: materials added or gone, labels
 changed, inputs changed.
@@ -31,12 +31,7 @@ def material_digests(features: FeatureSet) -> dict[str, list[str]]:
     for i, (material_id, formula) in enumerate(zip(features.ids, features.formulas, strict=True)):
         inputs = hashlib.sha256(f"{formula}\0{int(features.spacegroup[i])}".encode())
         if graphs is not None and rows[i] >= 0:
-            g = rows[i]
-            n0, n1 = int(graphs.node_ptr[g]), int(graphs.node_ptr[g + 1])
-            e0, e1 = int(graphs.edge_ptr[g]), int(graphs.edge_ptr[g + 1])
-            inputs.update(graphs.atomic_numbers[n0:n1].numpy().tobytes())
-            inputs.update(graphs.edge_index[:, e0:e1].numpy().tobytes())
-            inputs.update(graphs.edge_distance[e0:e1].numpy().tobytes())
+            inputs.update(graphs.input_bytes(rows[i]))
         decoded = [
             task_type(task).decode(task, float(labels[i, column]))
             for column, task in enumerate(features.tasks)

@@ -13,11 +13,15 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from topoclass.features.graph import CrystalGraph, cell_facts
+
+if TYPE_CHECKING:
+    from topoclass.features.embedding_store import EmbeddingStore
 from topoclass.features.spectral import Spectrum
 
 TENSOR_DTYPES: dict[str, torch.dtype] = {
@@ -147,6 +151,26 @@ class GraphStore:
         graph_of_node = torch.repeat_interleave(torch.arange(len(self)), self.node_ptr.diff())
         return cell_facts(self.atomic_numbers, graph_of_node, len(self))
 
+    def finite(self) -> torch.Tensor:
+        """Whether each graph holds only finite distances and spectra, [len(self)] bool."""
+        node_graph = torch.repeat_interleave(torch.arange(len(self)), self.node_ptr.diff())
+        edge_graph = torch.repeat_interleave(torch.arange(len(self)), self.edge_ptr.diff())
+        broken = torch.zeros(len(self), dtype=torch.bool)
+        broken[node_graph[~torch.isfinite(self.eigenvectors).all(dim=1)]] = True
+        broken[edge_graph[~torch.isfinite(self.edge_distance)]] = True
+        broken |= ~torch.isfinite(self.eigenvalues).all(dim=1)
+        return ~broken
+
+    def input_bytes(self, index: int) -> bytes:
+        """What a material's graph contributes to the data fingerprint: atoms, edges, distances."""
+        n0, n1 = int(self.node_ptr[index]), int(self.node_ptr[index + 1])
+        e0, e1 = int(self.edge_ptr[index]), int(self.edge_ptr[index + 1])
+        return (
+            self.atomic_numbers[n0:n1].numpy().tobytes()
+            + self.edge_index[:, e0:e1].numpy().tobytes()
+            + self.edge_distance[e0:e1].numpy().tobytes()
+        )
+
     def graph(self, index: int) -> CrystalGraph:
         """One graph back as a :class:`CrystalGraph` (for inspection and tests)."""
         n0, n1 = int(self.node_ptr[index]), int(self.node_ptr[index + 1])
@@ -274,9 +298,14 @@ class GraphStoreWriter:
         """
         return np.concatenate(self._finite) if self._finite else np.zeros(0, dtype=bool)
 
-    def has_files_for(self, store: GraphStore | None) -> bool:
+    def has_files_for(self, store: GraphStore | EmbeddingStore | None) -> bool:
         """Whether ``store`` is this writer's, written to files (so its parts can be streamed)."""
-        return self.directory is not None and store is not None and len(self) > 0 and len(store) == len(self)
+        return (
+            self.directory is not None
+            and isinstance(store, GraphStore)
+            and len(self) > 0
+            and len(store) == len(self)
+        )
 
     def parts(self) -> dict[str, tuple[np.dtype, tuple[int, ...], Path]]:
         """Each raw file on disk with its dtype and shape (for streaming into a cache file)."""

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from topoclass.config import GraphConfig
 from topoclass.errors import DataError
+from topoclass.features.embedding_store import EmbeddingStore
 from topoclass.features.graph import CrystalGraph, build_crystal_graph
 from topoclass.features.graph_store import GraphStore, GraphStoreWriter
 from topoclass.features.spectral import SpectralCache, laplacian_spectra
@@ -59,7 +60,7 @@ class StructureFeatures:
     spacegroup: list[int | None]
     reason: list[str | None]
     graph_index: np.ndarray
-    store: GraphStore
+    store: GraphStore | EmbeddingStore  # the vectors of a frozen backbone (embedding_pipeline)
 
     def __len__(self) -> int:
         return len(self.reason)

@@ -34,15 +34,26 @@ class CompositionEncoder(nn.Module):
     """
 
     element_properties: torch.Tensor
+    pretrained_elements: torch.Tensor | None
 
     def __init__(
-        self, embedding_dim: int, hidden_dim: int, heads: int, dropout: float, num_descriptors: int
+        self,
+        embedding_dim: int,
+        hidden_dim: int,
+        heads: int,
+        dropout: float,
+        num_descriptors: int,
+        pretrained_elements: torch.Tensor | None = None,
     ) -> None:
+        """``pretrained_elements`` [Z, D], row z for atomic number z (row 0 and unknown elements zero):
+        a backbone's learned element vectors, kept frozen, joining each element's token."""
         super().__init__()
         table = torch.from_numpy(element_property_table())
         self.register_buffer("element_properties", table)
+        self.register_buffer("pretrained_elements", pretrained_elements)
+        extra = 0 if pretrained_elements is None else pretrained_elements.shape[1]
         self.element_embedding = nn.Embedding(table.shape[0], embedding_dim, padding_idx=0)
-        self.token = mlp(embedding_dim + table.shape[1] + 2, hidden_dim, hidden_dim, dropout)
+        self.token = mlp(embedding_dim + table.shape[1] + 2 + extra, hidden_dim, hidden_dim, dropout)
         self.attention = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(
                 hidden_dim, heads, dim_feedforward=2 * hidden_dim, dropout=dropout, batch_first=True
@@ -63,6 +74,7 @@ class CompositionEncoder(nn.Module):
             [
                 self.element_embedding(element_index),
                 self.element_properties[element_index],
+                *([] if self.pretrained_elements is None else [self.pretrained_elements[element_index]]),
                 fraction,
                 torch.log(fraction.clamp_min(1e-4)),
             ],

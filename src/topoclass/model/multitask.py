@@ -7,6 +7,7 @@ it were real data.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -14,9 +15,11 @@ from torch import nn
 
 from topoclass.config import GraphConfig, ModelConfig, TaskConfig
 from topoclass.features.composition import NUM_DESCRIPTORS
+from topoclass.model.backbones import backbone_module, pretrained_element_vectors
 from topoclass.model.encoders import CompositionEncoder, SymmetryEncoder, mlp
 from topoclass.model.heads import TaskHeads
 from topoclass.model.structure_encoder import StructureEncoder
+from topoclass.model.vector_encoder import VectorStructureEncoder
 
 MODALITIES = ("composition", "symmetry", "structure")
 
@@ -42,21 +45,33 @@ class MultitaskModel(nn.Module):
             config.dropout,
             # With structures, a flag says whose band-filling facts are assumed (FeatureSet.descriptors_read).
             num_descriptors=NUM_DESCRIPTORS + int(use_structure),
+            pretrained_elements=pretrained_element_vectors(config.element_vectors),
         )
         self.symmetry = SymmetryEncoder(config.spacegroup_embedding_dim, hidden, config.dropout)
         self.structure: nn.Module | None = None
+        # A backbone fine-tuned end to end (model.backbone_lr); while not ``backbone_live`` the
+        # structure token reads the frozen vectors cached at featurization instead (warm-up).
+        self.backbone: nn.Module | None = None
+        self.backbone_live = False
         if use_structure:
             if graph is None:
                 raise ValueError("a structure model needs the graph settings it was featurized with")
-            self.structure = StructureEncoder(
-                hidden_dim=hidden,
-                num_layers=config.graph_layers,
-                num_rbf=graph.num_rbf,
-                cutoff=graph.cutoff,
-                spectral_k=graph.spectral_k,
-                dropout=config.dropout,
-                context_dim=self.symmetry.spacegroup_facts.shape[1],
-            )
+            context_dim = self.symmetry.spacegroup_facts.shape[1]
+            if config.structure_encoder == "cgconv":
+                self.structure = StructureEncoder(
+                    hidden_dim=hidden,
+                    num_layers=config.graph_layers,
+                    num_rbf=graph.num_rbf,
+                    cutoff=graph.cutoff,
+                    spectral_k=graph.spectral_k,
+                    dropout=config.dropout,
+                    context_dim=context_dim,
+                )
+            else:  # a frozen backbone's vectors, computed at featurization
+                module = backbone_module(config.structure_encoder)
+                self.structure = VectorStructureEncoder(module.WIDTH, hidden, config.dropout, context_dim)
+                if config.backbone_lr is not None:
+                    self.backbone = module.Trainable()
         self.modality_embedding = nn.Parameter(torch.zeros(len(MODALITIES), hidden))
         self.fusion = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(
@@ -86,7 +101,10 @@ class MultitaskModel(nn.Module):
             if batch.get("graph") is not None:
                 rows = batch["graph_rows"]
                 context = self.symmetry.spacegroup_facts[batch["spacegroup"][rows]]
-                structure_token = structure_token.index_put((rows,), self.structure(batch["graph"], context))
+                graph = batch["graph"]
+                if self.backbone is not None and self.backbone_live:
+                    graph = dataclasses.replace(graph, vectors=self.backbone(graph))
+                structure_token = structure_token.index_put((rows,), self.structure(graph, context))
                 has_graph[rows] = True
             tokens.append(structure_token)
             present.append(has_graph)
@@ -95,6 +113,17 @@ class MultitaskModel(nn.Module):
         fused = self.fusion(stacked, src_key_padding_mask=~mask)
         weights = mask.float() / mask.float().sum(dim=1, keepdim=True)
         return self.readout(torch.einsum("bm,bmh->bh", weights, fused))
+
+    def parameter_groups(self, lr: float, backbone_lr: float | None) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: the backbone's at its own rate. ``lr_factor`` (the
+        backbone's rate over the others') lets the schedule move both together."""
+        if self.backbone is None or backbone_lr is None:
+            return [{"params": list(self.parameters())}]
+        own = {id(p) for p in self.backbone.parameters()}
+        return [
+            {"params": [p for p in self.parameters() if id(p) not in own]},
+            {"params": list(self.backbone.parameters()), "lr": backbone_lr, "lr_factor": backbone_lr / lr},
+        ]
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Raw outputs per task: logits [B, C] or regression values [B]."""

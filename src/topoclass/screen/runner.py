@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from topoclass import distributed
-from topoclass.app.predict import TrainedRun, prediction_rows
+from topoclass.app.predict import TrainedRun, backbone_embedder, prediction_rows
 from topoclass.data.arrays import FeatureArrays
 from topoclass.data.build import featurize_materials
 from topoclass.distributed import ProcessGroup
@@ -241,7 +241,12 @@ def screen_chunk(
     materials = [replace(material, id=str(i)) for i, material in readable]
     data = run.config.data.model_copy(update={"featurize_workers": settings.workers})
     features, rejects = featurize_materials(
-        materials, run.tasks, data, max_atoms=settings.max_atoms, progress=False
+        materials,
+        run.tasks,
+        data,
+        backbone_embedder(run.config),
+        max_atoms=settings.max_atoms,
+        progress=False,
     )
     reasons = {int(reject.id): reject.reason for reject in rejects}
     answered: dict[int, dict[str, Any]] = {}

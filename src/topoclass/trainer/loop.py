@@ -152,7 +152,9 @@ class Trainer:
                 self.model, device_ids=ids, find_unused_parameters=config.data.use_structure
             )
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay
+            self.model.parameter_groups(train.lr, config.model.backbone_lr),
+            lr=train.lr,
+            weight_decay=train.weight_decay,
         )
         self.sampler = ResumableSampler(
             split["train"],
@@ -278,6 +280,7 @@ class Trainer:
         while self.state.completed_epochs < epochs and not self.state.early_stopped:
             epoch = self.state.completed_epochs + 1
             self.sampler.set_epoch(epoch)
+            self._set_backbone_live(epoch)
             if self.sampler.position == 0:
                 logger.info("Starting epoch %d/%d", epoch, epochs)
             try:
@@ -298,6 +301,13 @@ class Trainer:
         if self.state.early_stopped:
             logger.info("Early stopping: no val-loss improvement for %d epochs", self.config.train.patience)
         return FitResult("early_stopped" if self.state.early_stopped else "finished", self.state)
+
+    def _set_backbone_live(self, epoch: int) -> None:
+        """A fine-tuned backbone runs live after its frozen warm-up epochs (a function of the epoch
+        alone, so a resumed run is in the same mode as the run it continues)."""
+        live = epoch > self.config.model.backbone_frozen_epochs
+        for model in (self.model, self.evaluated_model):
+            model.backbone_live = live and model.backbone is not None
 
     def _train_epoch(self, epoch: int) -> bool:
         """The rest of this epoch's optimizer steps; False if a stop request interrupted it."""

@@ -48,7 +48,7 @@ class LearningRateSchedule:
     def on_step(self, step: int) -> None:
         if self.kind == "cosine":
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(step) * self.scale
+                group["lr"] = self.lr_at(step) * self.scale * group.get("lr_factor", 1.0)
 
     def on_epoch_end(self, val_loss: float) -> None:
         if self.plateau is not None:
