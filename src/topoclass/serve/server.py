@@ -60,16 +60,21 @@ def run_server(
 
     # A warning about a model (say, "trained on crystal structures" for formula requests) would
     # otherwise repeat with every request: the log says it once.
+    # The filter leaves with the server: the process may go on logging (a test, a notebook).
     once = OncePerMessage()
-    for handler in logging.getLogger().handlers:
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
         handler.addFilter(once)
+    try:
+        from topoclass.serve.app import create_app
+        from topoclass.serve.registry import load_models
 
-    from topoclass.serve.app import create_app
-    from topoclass.serve.registry import load_models
-
-    app = create_app(load_models(models), limits or Limits(), batching=batching)
-    logger.info("Web page and API on http://%s:%d (API documentation at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        app = create_app(load_models(models), limits or Limits(), batching=batching)
+        logger.info("Web page and API on http://%s:%d (API documentation at /docs)", host, port)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
     return 0
 
 
