@@ -210,6 +210,16 @@ def write_small_config(path: Path, table: Path, *, train: str, checkpoint: str =
     return path
 
 
+# The smallest model the trainer tests need (seconds per epoch on a CPU).
+SMALL_MODEL = {
+    "model.hidden_dim": 16,
+    "model.element_embedding_dim": 8,
+    "model.spacegroup_embedding_dim": 8,
+    "model.composition_heads": 2,
+    "model.fusion_layers": 1,
+}
+
+
 def make_trainer(prepared, tmp_path: Path, **train: object):
     """A small trainer on the synthetic ``prepared`` data, checkpointing every epoch into ``tmp_path``."""
     from topoclass.checkpoint.manager import CheckpointManager
@@ -220,11 +230,7 @@ def make_trainer(prepared, tmp_path: Path, **train: object):
     from topoclass.trainer.signals import StopRequest
 
     overrides = {
-        "model.hidden_dim": 16,
-        "model.element_embedding_dim": 8,
-        "model.spacegroup_embedding_dim": 8,
-        "model.composition_heads": 2,
-        "model.fusion_layers": 1,
+        **SMALL_MODEL,
         "model.dropout": 0.0,
         "train.epochs": 2,
         "train.batch_size": 16,

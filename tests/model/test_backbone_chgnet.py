@@ -9,6 +9,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
+from tests.helpers import SMALL_MODEL
 from topoclass.config import DataConfig, TaskConfig, load_config
 from topoclass.errors import ConfigError, TopoclassError
 
@@ -178,11 +179,7 @@ def finetune_trainer(root, data: DataConfig):
     from topoclass.trainer.signals import StopRequest
 
     overrides = {
-        "model.hidden_dim": 16,
-        "model.element_embedding_dim": 8,
-        "model.spacegroup_embedding_dim": 8,
-        "model.composition_heads": 2,
-        "model.fusion_layers": 1,
+        **SMALL_MODEL,
         "model.structure_encoder": "chgnet",
         "model.backbone_lr": 1e-3,
         "model.backbone_frozen_epochs": 1,
