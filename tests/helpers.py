@@ -191,25 +191,6 @@ def train_synthetic_run(
     return result
 
 
-SMALL_MODEL = (
-    "model: {hidden_dim: 16, element_embedding_dim: 8, spacegroup_embedding_dim: 8, composition_heads: 2}"
-)
-
-
-def write_small_config(path: Path, table: Path, *, train: str, checkpoint: str = "", data: str = "") -> Path:
-    """A config for a small model on ``table`` (task ``topological``); ``train``, ``checkpoint`` and
-    ``data`` are extra YAML flow-mapping entries for those sections."""
-    extra = f", {data}" if data else ""
-    lines = [
-        f"data: {{dataset: table, table: {table}, tasks: [{{name: topological}}]{extra}}}",
-        SMALL_MODEL,
-        f"train: {{progress_bar: false, {train}}}",
-        f"checkpoint: {{{checkpoint}}}",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 # The smallest model the trainer tests need (seconds per epoch on a CPU).
 SMALL_MODEL = {
     "model.hidden_dim": 16,
@@ -218,6 +199,22 @@ SMALL_MODEL = {
     "model.composition_heads": 2,
     "model.fusion_layers": 1,
 }
+
+
+def write_small_config(path: Path, table: Path, *, train: str, checkpoint: str = "", data: str = "") -> Path:
+    """A config for a small model on ``table`` (task ``topological``); ``train``, ``checkpoint`` and
+    ``data`` are extra YAML flow-mapping entries for those sections."""
+    extra = f", {data}" if data else ""
+    lines = [
+        f"data: {{dataset: table, table: {table}, tasks: [{{name: topological}}]{extra}}}",
+        "model: {" + ", ".join(f"{key.split('.')[1]}: {value}" for key, value in SMALL_MODEL.items()) + "}",
+        f"train: {{progress_bar: false, {train}}}",
+        f"checkpoint: {{{checkpoint}}}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 
 
 def make_trainer(prepared, tmp_path: Path, **train: object):
