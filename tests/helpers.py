@@ -93,7 +93,16 @@ def run_cli(
     )
 
 
-HEAVY_MODULES = ("torch", "sklearn", "lightgbm", "matplotlib", "torch_geometric", "fastapi", "chgnet")
+HEAVY_MODULES = (
+    "torch",
+    "sklearn",
+    "lightgbm",
+    "matplotlib",
+    "torch_geometric",
+    "fastapi",
+    "chgnet",
+    "pandas",
+)
 
 
 def heavy_imports(args: list[str], tmp_path: Path) -> set[str]:
@@ -213,8 +222,6 @@ def write_small_config(path: Path, table: Path, *, train: str, checkpoint: str =
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
 
 
 def make_trainer(prepared, tmp_path: Path, **train: object):

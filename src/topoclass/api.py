@@ -9,9 +9,13 @@ The command line's ``predict`` and ``train`` go through these same calls.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
     from topoclass.data.records import Material, Reject
     from topoclass.screen.runner import ScreenOutcome
 
-__all__ = ["Predictor", "bundled_models", "load", "train"]
+__all__ = ["Inputs", "PredictionTable", "Predictor", "bundled_models", "load", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +102,99 @@ def train(config: Config | Mapping[str, Any] | str | os.PathLike[str]) -> Path:
     return root
 
 
+@dataclass
+class Inputs:
+    """Materials to predict, in the order given: their ids are their positions, ``names`` the ids
+    the user gave; ``unreadable`` are table rows that could not be read (reported last)."""
+
+    materials: list[Material]
+    names: list[str]
+    unreadable: list[Reject] = field(default_factory=list)
+    from_formulas: bool = False  # formula and space group only, no structures
+
+
+def formula_inputs(
+    formulas: str | Sequence[str], spacegroups: int | Sequence[int], *, ids: Sequence[str] | None = None
+) -> Inputs:
+    """Inputs from formulas and space-group numbers (one of each, or two lists of one length)."""
+    from topoclass.data.records import Material
+
+    formulas = [formulas] if isinstance(formulas, str) else list(formulas)
+    groups = [spacegroups] if isinstance(spacegroups, int) else list(spacegroups)
+    if len(groups) != len(formulas):
+        raise ConfigError(f"{len(formulas)} formulas but {len(groups)} space groups")
+    names = _ids(ids, formulas)
+    materials = [
+        Material(id=str(i), formula=formula, spacegroup=int(group), source=names[i])
+        for i, (formula, group) in enumerate(zip(formulas, groups, strict=True))
+    ]
+    return Inputs(materials, names, from_formulas=True)
+
+
+def structure_inputs(
+    items: StructureItem | Sequence[StructureItem], *, ids: Sequence[str] | None = None
+) -> Inputs:
+    """Inputs from pymatgen Structures, ASE Atoms or structure files (CIF, POSCAR, extxyz, JSON)."""
+    from topoclass.data.records import Material
+
+    listed = list(items) if isinstance(items, list | tuple) else [items]
+    names = _ids(ids, [_default_id(item, i) for i, item in enumerate(listed)])
+    materials = [
+        Material(id=str(i), formula="", spacegroup=None, structure=_structure_ref(item), source=names[i])
+        for i, item in enumerate(listed)
+    ]
+    return Inputs(materials, names)
+
+
+def table_inputs(path: str | os.PathLike[str]) -> Inputs:
+    """Inputs from a CSV, TSV or JSONL table (see :meth:`Predictor.predict_table`)."""
+    from topoclass.data.tables import read_table
+
+    materials, unreadable = read_table(Path(path))
+    names = [material.id for material in materials]
+    indexed = [_with_id(material, str(i)) for i, material in enumerate(materials)]
+    return Inputs(indexed, names, unreadable)
+
+
+@dataclass
+class PredictionTable:
+    """Prediction rows in input order with their columns, before any DataFrame is made: the command
+    line and the server write them straight out, without loading pandas."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The rows as a pandas DataFrame (``spacegroup`` whole numbers beside a skipped row's gap)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.rows, columns=self.columns)
+        frame["spacegroup"] = frame["spacegroup"].astype("Int64")
+        return frame
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every row with every column, JSON-ready: what is missing (or not a number) is None."""
+        return [{column: _json_value(row.get(column)) for column in self.columns} for row in self.rows]
+
+    @property
+    def skipped(self) -> list[str]:
+        """Why each skipped input could not be predicted."""
+        return [row["skipped"] for row in self.rows if row["skipped"]]
+
+    def answered_csv(self) -> str:
+        """The answered rows as CSV text, without the ``skipped`` column."""
+        columns = [column for column in self.columns if column != "skipped"]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(row for row in self.rows if not row["skipped"])
+        return text.getvalue()
+
+
+def _json_value(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 class Predictor:
     """A trained model with the rules it is served by: predictions as pandas DataFrames.
 
@@ -142,24 +239,7 @@ class Predictor:
         model.predict(["Bi2Se3", "NaCl"], [166, 225])
         model.predict("Bi2Se3", 166, predictor="network")   # one source for every task
         """
-        from topoclass.data.records import Material
-
-        if self.uses_structures:
-            logger.warning(
-                "%s was trained on crystal structures: answers from formula and space group alone are "
-                "less reliable (predict_structures takes structures)",
-                self._run.layout.root.name,
-            )
-        formulas = [formulas] if isinstance(formulas, str) else list(formulas)
-        groups = [spacegroups] if isinstance(spacegroups, int) else list(spacegroups)
-        if len(groups) != len(formulas):
-            raise ConfigError(f"{len(formulas)} formulas but {len(groups)} space groups")
-        names = _ids(ids, formulas)
-        materials = [
-            Material(id=str(i), formula=formula, spacegroup=int(group), source=names[i])
-            for i, (formula, group) in enumerate(zip(formulas, groups, strict=True))
-        ]
-        return self._frame(materials, names, [], predictor)
+        return self.answer(formula_inputs(formulas, spacegroups, ids=ids), predictor=predictor).to_frame()
 
     def predict_structures(
         self,
@@ -174,26 +254,13 @@ class Predictor:
 
         model.predict_structures([Structure.from_file("Bi2Se3.cif"), atoms, "NaCl.cif"])
         """
-        from topoclass.data.records import Material
-
-        listed = list(items) if isinstance(items, list | tuple) else [items]
-        names = _ids(ids, [_default_id(item, i) for i, item in enumerate(listed)])
-        materials = [
-            Material(id=str(i), formula="", spacegroup=None, structure=_structure_ref(item), source=names[i])
-            for i, item in enumerate(listed)
-        ]
-        return self._frame(materials, names, [], predictor)
+        return self.answer(structure_inputs(items, ids=ids), predictor=predictor).to_frame()
 
     def predict_table(self, path: str | os.PathLike[str], *, predictor: str | None = None) -> pd.DataFrame:
         """Predictions for a CSV, TSV or JSONL table with ``formula`` and ``spacegroup`` columns
         (or a ``structure`` column of file paths) and an optional ``id`` column. Rows that cannot
         be read come last, with the reason in ``skipped``."""
-        from topoclass.data.tables import read_table
-
-        materials, unreadable = read_table(Path(path))
-        names = [material.id for material in materials]
-        indexed = [_with_id(material, str(i)) for i, material in enumerate(materials)]
-        return self._frame(indexed, names, unreadable, predictor)
+        return self.answer(table_inputs(path), predictor=predictor).to_frame()
 
     def screen(
         self,
@@ -247,31 +314,33 @@ class Predictor:
             raise ResumableStop(outcome.line())
         return outcome.summary
 
-    def _frame(
-        self, materials: list[Material], names: list[str], unreadable: list[Reject], predictor: str | None
-    ) -> pd.DataFrame:
-        """Predict ``materials`` (ids are their positions) and lay the rows out in input order."""
-        import pandas as pd
-
+    def answer(self, inputs: Inputs, *, predictor: str | None = None) -> PredictionTable:
+        """Predictions for ``inputs`` (from :func:`formula_inputs`, :func:`structure_inputs` or
+        :func:`table_inputs`) as plain rows: the ``predict`` calls without pandas."""
         from topoclass.app.predict import predict_materials
 
         if predictor is not None and predictor not in PREDICTORS:
             raise ConfigError(f"predictor must be one of {', '.join(PREDICTORS)}, not '{predictor}'")
-        result = predict_materials(self._run, materials, predictor=predictor)
+        if inputs.from_formulas and self.uses_structures:
+            logger.warning(
+                "%s was trained on crystal structures: answers from formula and space group alone are "
+                "less reliable (predict_structures takes structures)",
+                self._run.layout.root.name,
+            )
+        result = predict_materials(self._run, inputs.materials, predictor=predictor)
         predicted = {row["id"]: row for row in result.rows}
         reasons = {reject.id: _reason(reject) for reject in result.skipped}
         rows: list[dict[str, Any]] = []
-        for material in materials:
+        for material in inputs.materials:
             row = predicted.get(material.id)
             if row is None:
                 row = {"formula": material.formula, "spacegroup": material.spacegroup}
-            rows.append({**row, "id": names[int(material.id)], "skipped": reasons.get(material.id, "")})
-        for reject in unreadable:
+            name = inputs.names[int(material.id)]
+            rows.append({**row, "id": name, "skipped": reasons.get(material.id, "")})
+        for reject in inputs.unreadable:
             rows.append({"id": reject.id, "skipped": _reason(reject)})
         columns = ["id", "formula", "spacegroup", *_prediction_columns(result.rows), "skipped"]
-        frame = pd.DataFrame(rows, columns=columns)
-        frame["spacegroup"] = frame["spacegroup"].astype("Int64")  # stays whole beside a skipped row's gap
-        return frame
+        return PredictionTable(columns, rows)
 
 
 def _reason(reject: Reject) -> str:

@@ -105,7 +105,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from topoclass.api import load
+    from topoclass.api import formula_inputs, load, structure_inputs, table_inputs
     from topoclass.files import atomic_write
 
     if (args.run is None) == (args.model is None):
@@ -118,24 +118,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise TopoclassError("predict needs --formula and --spacegroup together")
     model = load(args.run or args.model)
     if args.table is not None:
-        frame = model.predict_table(args.table, predictor=args.predictor)
+        inputs = table_inputs(args.table)
     elif args.structure:
-        frame = model.predict_structures(args.structure, predictor=args.predictor)
+        inputs = structure_inputs(args.structure)
     else:
-        frame = model.predict(args.formula, args.spacegroup, predictor=args.predictor)
-    skipped = frame[frame["skipped"] != ""]
-    for reason in skipped["skipped"]:
+        inputs = formula_inputs(args.formula, args.spacegroup)
+    table = model.answer(inputs, predictor=args.predictor)
+    skipped = table.skipped
+    for reason in skipped:
         logging.getLogger("topoclass.predict").warning("%s; skipped", reason)
-    predicted = frame[frame["skipped"] == ""].drop(columns="skipped")
-    if predicted.empty:
+    answered = len(table.rows) - len(skipped)
+    if not answered:
         raise TopoclassError(f"no usable materials to predict ({len(skipped)} skipped)")
-    text = predicted.to_csv(index=False, lineterminator="\n")
+    text = table.answered_csv()
     if args.output is None:
         print(text, end="")
         return 0
     atomic_write(args.output, text)
-    note = f" ({len(skipped)} skipped)" if len(skipped) else ""
-    print(f"Predictions for {len(predicted)} materials written to {args.output}{note}")
+    note = f" ({len(skipped)} skipped)" if skipped else ""
+    print(f"Predictions for {answered} materials written to {args.output}{note}")
     return 0
 
 

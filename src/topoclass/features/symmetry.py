@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import spglib
@@ -77,36 +77,46 @@ def _nonsymmorphic_elements(symbol: str) -> tuple[float, float]:
 @lru_cache(maxsize=1)
 def spacegroup_feature_table() -> np.ndarray:
     """Feature vectors for space groups 1..230, shape [231, F]; row 0 is padding (zeros)."""
+    return spacegroup_features(np.arange(NUM_SPACEGROUPS + 1))
+
+
+def spacegroup_features(numbers: np.ndarray) -> np.ndarray:
+    """The feature vectors of space groups ``numbers`` (0: padding, zeros), shape [N, F].
+
+    Rows are made as they are asked for (once per group and process): predicting a few
+    materials costs a few rows, not the whole table's tenth of a second.
+    """
+    distinct, positions = np.unique(np.asarray(numbers, dtype=np.int64), return_inverse=True)
+    rows = np.stack([_spacegroup_row(int(number)) for number in distinct])
+    return rows[positions.reshape(-1)]
+
+
+@cache
+def _spacegroup_row(number: int) -> np.ndarray:
+    if number == 0:
+        return np.zeros_like(_spacegroup_row(1))
+    if not 1 <= number <= NUM_SPACEGROUPS:
+        raise ValueError(f"no space group {number} (1-{NUM_SPACEGROUPS})")
     with warnings.catch_warnings():
         # spglib announces a change of its error handling on every database call.
         warnings.simplefilter("ignore", DeprecationWarning)
-        return _build_spacegroup_table()
-
-
-def _build_spacegroup_table() -> np.ndarray:
-    point_groups = _point_group_symbols()
-    rows = [np.zeros(0)]
-    for number in range(1, NUM_SPACEGROUPS + 1):
         sg_type = spacegroup_type(representative_hall_numbers()[number])
         rotations = symmetry_operations(number)["rotations"]
-        unique_rotations = np.unique(rotations.reshape(len(rotations), -1), axis=0).reshape(-1, 3, 3)
-        system = np.searchsorted(_CRYSTAL_SYSTEM_FIRST_NUMBER, number, side="right") - 1
-        features = np.concatenate(
+    unique_rotations = np.unique(rotations.reshape(len(rotations), -1), axis=0).reshape(-1, 3, 3)
+    system = np.searchsorted(_CRYSTAL_SYSTEM_FIRST_NUMBER, number, side="right") - 1
+    features = np.concatenate(
+        [
+            np.eye(len(_CRYSTAL_SYSTEM_FIRST_NUMBER))[system],
+            [float(sg_type.international_short[0] == c) for c in _CENTRINGS],
+            [float(sg_type.pointgroup_international == p) for p in _point_group_symbols()],
             [
-                np.eye(len(_CRYSTAL_SYSTEM_FIRST_NUMBER))[system],
-                [float(sg_type.international_short[0] == c) for c in _CENTRINGS],
-                [float(sg_type.pointgroup_international == p) for p in point_groups],
-                [
-                    float(any(np.array_equal(r, -np.eye(3, dtype=int)) for r in unique_rotations)),
-                    float(_has_invariant_direction(unique_rotations)),
-                    float(all(round(np.linalg.det(r)) == 1 for r in unique_rotations)),
-                    np.log(len(unique_rotations)) / np.log(48),
-                    number / NUM_SPACEGROUPS,
-                    *_nonsymmorphic_elements(sg_type.international_full),
-                ],
-            ]
-        )
-        rows.append(features)
-    width = len(rows[1])
-    rows[0] = np.zeros(width)
-    return np.stack(rows).astype(np.float32)
+                float(any(np.array_equal(r, -np.eye(3, dtype=int)) for r in unique_rotations)),
+                float(_has_invariant_direction(unique_rotations)),
+                float(all(round(np.linalg.det(r)) == 1 for r in unique_rotations)),
+                np.log(len(unique_rotations)) / np.log(48),
+                number / NUM_SPACEGROUPS,
+                *_nonsymmorphic_elements(sg_type.international_full),
+            ],
+        ]
+    )
+    return features.astype(np.float32)

@@ -13,7 +13,7 @@ import numpy as np
 from topoclass.data.arrays import FeatureArrays
 from topoclass.features.composition import MAX_Z, element_property_table
 from topoclass.features.graph import NUM_CELL_FACTS
-from topoclass.features.symmetry import spacegroup_feature_table
+from topoclass.features.symmetry import spacegroup_features
 
 
 def baseline_features(features: FeatureArrays, *, use_structure: bool = False) -> np.ndarray:
@@ -40,7 +40,7 @@ def baseline_features(features: FeatureArrays, *, use_structure: bool = False) -
             largest - smallest,
             features.descriptors_read(np.arange(n), with_graphs=use_structure),
             spacegroup[:, None],
-            spacegroup_feature_table()[spacegroup],
+            spacegroup_features(spacegroup),
         ]
     ).astype(np.float32)
 

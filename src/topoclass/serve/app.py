@@ -21,11 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from topoclass import __version__
+from topoclass.api import formula_inputs, structure_inputs
 from topoclass.errors import TopoclassError
 from topoclass.serve.batching import MicroBatcher, PredictionRunner, ThreadPoolRunner
 from topoclass.serve.body_limit import BodySizeLimit
 from topoclass.serve.limits import LimitExceeded, Limits
-from topoclass.serve.registry import ServedModel, records
+from topoclass.serve.registry import ServedModel
 from topoclass.serve.schemas import (
     MODEL_HELP,
     PREDICTOR_HELP,
@@ -126,7 +127,8 @@ def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool
             formulas = [row.formula for row in rows]
             ids = [row.id or row.formula for row in rows]
             groups = [row.spacegroup for row in rows]
-            return records(model.predictor.predict(formulas, groups, ids=ids, predictor=choice))
+            inputs = formula_inputs(formulas, groups, ids=ids)
+            return model.predictor.answer(inputs, predictor=choice).records()
 
         rows = await runner.run((model.name, "formulas", choice), call, list(request.rows))
         return PredictResponse(model=model.name, tasks=model.predictor.tasks, rows=rows)
@@ -146,11 +148,8 @@ def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool
         readable = [upload for upload in read if upload.structure is not None]
 
         def call(items: list[Any]) -> list[dict[str, Any]]:
-            structures = [item.structure for item in items]
-            frame = chosen.predictor.predict_structures(
-                structures, ids=[item.name for item in items], predictor=predictor
-            )
-            return records(frame)
+            inputs = structure_inputs([item.structure for item in items], ids=[item.name for item in items])
+            return chosen.predictor.answer(inputs, predictor=predictor).records()
 
         predicted = (
             await runner.run((chosen.name, "structures", predictor), call, readable) if readable else []

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from topoclass.api import load, model_dir
+from topoclass.api import formula_inputs, load, model_dir, structure_inputs
 from topoclass.errors import ConfigError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from topoclass.api import Predictor
 
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "model_card.md"
 # The first predict call of a process sets up featurization (element tables, the trees'
-# libraries): seconds, paid at start rather than by the first request.
+# libraries; for structures also pymatgen, spglib and the graph code): seconds, paid at start
+# rather than by the first request.
 WARM_UP = (["NaCl"], [225])
 
 
@@ -52,14 +50,18 @@ def load_models(models: Sequence[str]) -> dict[str, ServedModel]:
     served: dict[str, ServedModel] = {}
     for name, directory in directories.items():
         predictor = load(directory)
-        predictor.predict(*WARM_UP)
+        warm_up(predictor)
         served[name] = ServedModel(name, predictor, directory)
         logger.info("Serving %s (%s) from %s", name, ", ".join(predictor.tasks), directory)
     return served
 
 
-def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A Predictor's rows as JSON-ready dicts (missing values become null)."""
-    # pandas' own JSON writer turns NaN, NA and NumPy scalars into JSON in one pass.
-    rows: list[dict[str, Any]] = json.loads(frame.to_json(orient="records"))
-    return rows
+def warm_up(predictor: Predictor) -> None:
+    """One formula (and, for a model that reads structures, one rock-salt cell) through the model."""
+    predictor.answer(formula_inputs(*WARM_UP))
+    if predictor.uses_structures:
+        from pymatgen.core import Lattice, Structure
+
+        sites = [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]
+        rock_salt = Structure.from_spacegroup(225, Lattice.cubic(5.64), ["Na", "Cl"], sites)
+        predictor.answer(structure_inputs(rock_salt))
