@@ -18,11 +18,13 @@ ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--space
     [
         (["--help"], set()),
         (["checkpoints", "verify", str(bundled_model_dir("tang2019"))], {"torch"}),
-        # The bundles' networks run on ONNX Runtime, their trees through LightGBM's C library.
+        # The bundles' networks run on ONNX Runtime, their trees through LightGBM's C library;
+        # spectra of crystal graphs are NumPy's.
         ([*ONE_FORMULA, "--predictor", "network"], set()),
         (ONE_FORMULA, set()),
         (["predict", "--model", "tqc2020", "--formula", "Bi2Se3", "--spacegroup", "166"], set()),
-        (["predict", "--model", "tqc2020", "--predictor", "network", "--structure", str(EXAMPLE)], {"torch"}),
+        (["predict", "--model", "tqc2020", "--structure", str(EXAMPLE)], set()),
+        (["predict", "--model", "tqc2020", "--predictor", "network", "--structure", str(EXAMPLE)], set()),
         (["screen", "--help"], set()),
         (["slurm-template", "screen", "tqc2020", "cifs/", "-o", "out"], set()),
     ],
@@ -32,7 +34,8 @@ ONE_FORMULA = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--space
         "predict-network",
         "predict-served",
         "predict-formula-structure-model",
-        "predict-structure",
+        "predict-structure-served",
+        "predict-structure-network",
         "screen-help",
         "slurm",
     ],

@@ -293,10 +293,8 @@ def finite_rows(features: FeatureSet, *, finite_graphs: np.ndarray | None = None
     graphs = features.graphs
     if graphs is None or not len(graphs):
         return finite
-    if finite_graphs is not None:
-        broken = ~torch.from_numpy(np.asarray(finite_graphs, dtype=bool))
-    else:
-        broken = ~graphs.finite()
+    known = finite_graphs if finite_graphs is not None else graphs.finite()
+    broken = ~torch.from_numpy(np.asarray(known, dtype=bool))
     has_graph = features.graph_index >= 0
     return finite & ~(has_graph & broken[features.graph_index.clamp_min(0)])
 
@@ -383,6 +381,8 @@ def _featurize_into_cache(
     """Featurize, streaming the crystal graphs (or backbone vectors) to disk, write the cache entry,
     and read it back memory-mapped: the memory a featurization needs does not grow with the
     number of structures."""
+    import torch
+
     from topoclass.data.cache import begin_entry, read_entry, write_entry
     from topoclass.tensorfile import numpy_code
 
@@ -420,7 +420,7 @@ def _featurize_into_cache(
         )
     small = {
         **features.tensors(with_graphs=False),
-        **{f"{prefix}{k}": v for k, v in writer.pointers().items()},
+        **{f"{prefix}{k}": torch.as_tensor(v) for k, v in writer.pointers().items()},
     }
     if write_entry(entry, small, meta, staging=staging, streamed=streamed):
         cached = read_entry(entry)

@@ -92,10 +92,7 @@ class FeatureSet:
 
     def atoms(self) -> torch.Tensor:
         """Atoms in each material's crystal graph, [N] (0 without a structure)."""
-        if self.graphs is None:
-            return torch.zeros(len(self), dtype=torch.long)
-        counts = self.graphs.node_ptr.diff()
-        return torch.where(self.graph_index >= 0, counts[self.graph_index.clamp_min(0)], 0)
+        return torch.from_numpy(self.arrays().atoms())
 
     def batch(self, rows: torch.Tensor, *, with_graphs: bool) -> dict[str, Any]:
         """Slice one mini-batch; graphs only for rows that have a structure."""

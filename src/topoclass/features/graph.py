@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -125,16 +126,28 @@ def cell_facts(atomic_numbers: torch.Tensor, batch: torch.Tensor, num_graphs: in
     electrons = torch.zeros(num_graphs, dtype=torch.long, device=atomic_numbers.device)
     electrons.index_add_(0, batch, atomic_numbers.long())
     atoms = nodes_per_graph(batch, num_graphs).clamp_min(1)
-    quarter_turns = (electrons % 4).to(torch.float32) * (torch.pi / 2)
-    eighth_turns = (electrons % 8).to(torch.float32) * (torch.pi / 4)
-    return torch.stack(
-        [
-            1.0 - 2.0 * (electrons % 2).to(torch.float32),
-            torch.cos(quarter_turns),
-            torch.sin(quarter_turns),
-            torch.cos(eighth_turns),
-            torch.sin(eighth_turns),
-            torch.log(atoms.to(torch.float32)),
-        ],
-        dim=1,
-    )
+    return cell_fact_columns((electrons % 8).to(torch.float32), atoms.to(torch.float32), torch)
+
+
+def cell_facts_from_counts(atomic_numbers: np.ndarray, node_ptr: np.ndarray) -> np.ndarray:
+    """:func:`cell_facts` in NumPy for packed graphs (graph g owns nodes ``node_ptr[g]:node_ptr[g+1]``)."""
+    atoms = np.diff(node_ptr)
+    owner = np.repeat(np.arange(len(atoms)), atoms)
+    electrons = np.bincount(owner, weights=atomic_numbers, minlength=len(atoms)).astype(np.int64)
+    return cell_fact_columns((electrons % 8).astype(np.float32), np.maximum(atoms, 1).astype(np.float32), np)
+
+
+def cell_fact_columns(electrons_mod_8: Any, atoms: Any, xp: Any) -> Any:
+    """The six cell facts from float32 electrons-per-cell modulo 8 and atoms per cell, computed
+    with ``xp`` (NumPy or PyTorch: the model and the trees read the same numbers)."""
+    quarter_turns = electrons_mod_8 % 4 * (math.pi / 2)
+    eighth_turns = electrons_mod_8 * (math.pi / 4)
+    columns = [
+        1.0 - 2.0 * (electrons_mod_8 % 2),
+        xp.cos(quarter_turns),
+        xp.sin(quarter_turns),
+        xp.cos(eighth_turns),
+        xp.sin(eighth_turns),
+        xp.log(atoms),
+    ]
+    return xp.stack(columns, 1)

@@ -1,10 +1,11 @@
-"""Many crystal graphs packed into a few flat tensors, batched by slicing.
+"""Many crystal graphs packed into a few flat arrays, batched by slicing.
 
 Layout (CSR-like): graph ``g`` owns nodes ``node_ptr[g]:node_ptr[g+1]`` and edges
 ``edge_ptr[g]:edge_ptr[g+1]``; ``edge_index`` holds node indices local to each graph.
 No per-graph Python objects are kept, so a store of every structure in a dataset stays
 compact, saves as safetensors (plain tensors, no pickle) and batches without copying
-anything but the requested slices.
+anything but the requested slices. The arrays are NumPy, so prediction reads graphs without
+PyTorch; training gets its batches as tensors (:meth:`GraphStore.batch`), sharing memory.
 """
 
 from __future__ import annotations
@@ -13,26 +14,27 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from topoclass.features.graph import CrystalGraph, cell_facts
-
-if TYPE_CHECKING:
-    from topoclass.features.embedding_store import EmbeddingStore
+from topoclass.features.graph import CrystalGraph, cell_facts_from_counts
 from topoclass.features.spectral import Spectrum
 
-TENSOR_DTYPES: dict[str, torch.dtype] = {
-    "atomic_numbers": torch.int64,
-    "node_ptr": torch.int64,
-    "edge_index": torch.int64,
-    "edge_distance": torch.float32,
-    "edge_ptr": torch.int64,
-    "eigenvalues": torch.float32,
-    "eigenvalue_mask": torch.bool,
-    "eigenvectors": torch.float32,
+if TYPE_CHECKING:
+    import torch
+
+    from topoclass.features.embedding_store import EmbeddingStore
+
+ARRAY_DTYPES: dict[str, np.dtype] = {
+    "atomic_numbers": np.dtype(np.int64),
+    "node_ptr": np.dtype(np.int64),
+    "edge_index": np.dtype(np.int64),
+    "edge_distance": np.dtype(np.float32),
+    "edge_ptr": np.dtype(np.int64),
+    "eigenvalues": np.dtype(np.float32),
+    "eigenvalue_mask": np.dtype(np.bool_),
+    "eigenvectors": np.dtype(np.float32),
 }
 
 
@@ -68,30 +70,32 @@ class GraphBatch:
 class GraphStore:
     """Packed crystal graphs with their Laplacian spectra."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        missing = sorted(set(TENSOR_DTYPES) - set(tensors))
+    def __init__(self, arrays: dict[str, Any]) -> None:
+        """From NumPy arrays or CPU tensors (shared, not copied) named as in :data:`ARRAY_DTYPES`."""
+        missing = sorted(set(ARRAY_DTYPES) - set(arrays))
         if missing:
             raise ValueError(f"graph store: missing tensors {missing}")
-        for name, dtype in TENSOR_DTYPES.items():
-            if tensors[name].dtype != dtype:
-                raise ValueError(f"graph store: '{name}' is {tensors[name].dtype}, expected {dtype}")
-        self.atomic_numbers = tensors["atomic_numbers"]
-        self.node_ptr = tensors["node_ptr"]
-        self.edge_index = tensors["edge_index"]
-        self.edge_distance = tensors["edge_distance"]
-        self.edge_ptr = tensors["edge_ptr"]
-        self.eigenvalues = tensors["eigenvalues"]
-        self.eigenvalue_mask = tensors["eigenvalue_mask"]
-        self.eigenvectors = tensors["eigenvectors"]
+        unpacked = {name: np.asarray(arrays[name]) for name in ARRAY_DTYPES}
+        for name, dtype in ARRAY_DTYPES.items():
+            if unpacked[name].dtype != dtype:
+                raise ValueError(f"graph store: '{name}' is {unpacked[name].dtype}, expected {dtype}")
+        self.atomic_numbers = unpacked["atomic_numbers"]
+        self.node_ptr = unpacked["node_ptr"]
+        self.edge_index = unpacked["edge_index"]
+        self.edge_distance = unpacked["edge_distance"]
+        self.edge_ptr = unpacked["edge_ptr"]
+        self.eigenvalues = unpacked["eigenvalues"]
+        self.eigenvalue_mask = unpacked["eigenvalue_mask"]
+        self.eigenvectors = unpacked["eigenvectors"]
         self._check_shapes()
 
     def _check_shapes(self) -> None:
-        graphs = self.node_ptr.numel() - 1
-        nodes = self.atomic_numbers.numel()
-        edges = self.edge_distance.numel()
+        graphs = self.node_ptr.size - 1
+        nodes = self.atomic_numbers.size
+        edges = self.edge_distance.size
         consistent = (
             graphs >= 0
-            and self.edge_ptr.numel() == graphs + 1
+            and self.edge_ptr.size == graphs + 1
             and int(self.node_ptr[-1]) == nodes
             and int(self.edge_ptr[-1]) == edges
             and tuple(self.edge_index.shape) == (2, edges)
@@ -115,15 +119,15 @@ class GraphStore:
 
         def packed(arrays: list[np.ndarray], empty_shape: tuple[int, ...], dtype: type, axis: int = 0):
             joined = np.concatenate(arrays, axis=axis) if arrays else np.zeros(empty_shape, dtype=dtype)
-            return torch.from_numpy(np.ascontiguousarray(joined, dtype=dtype))
+            return np.ascontiguousarray(joined, dtype=dtype)
 
         return cls(
             {
                 "atomic_numbers": packed([g.atomic_numbers for g in graphs], (0,), np.int64),
-                "node_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(node_counts)]).astype(np.int64)),
+                "node_ptr": _pointer(node_counts),
                 "edge_index": packed([g.edge_index for g in graphs], (2, 0), np.int64, axis=1),
                 "edge_distance": packed([g.edge_distance for g in graphs], (0,), np.float32),
-                "edge_ptr": torch.from_numpy(np.concatenate([[0], np.cumsum(edge_counts)]).astype(np.int64)),
+                "edge_ptr": _pointer(edge_counts),
                 "eigenvalues": packed([s.eigenvalues[None] for s in spectra], (0, k), np.float32),
                 "eigenvalue_mask": packed([s.mask[None] for s in spectra], (0, k), np.bool_),
                 "eigenvectors": packed([s.eigenvectors for s in spectra], (0, k), np.float32),
@@ -131,44 +135,45 @@ class GraphStore:
         )
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """The packed tensors by name (contiguous, ready for ``safetensors.torch.save_file``)."""
-        return {name: getattr(self, name).contiguous() for name in TENSOR_DTYPES}
+        """The packed arrays as tensors by name (contiguous, ready for ``safetensors.torch.save_file``)."""
+        import torch
+
+        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in ARRAY_DTYPES}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> GraphStore:
+    def from_tensors(cls, tensors: dict[str, Any]) -> GraphStore:
         """Rebuild a store from :meth:`to_tensors` output; raises ``ValueError`` when inconsistent."""
         return cls(dict(tensors))
 
     def __len__(self) -> int:
-        return self.node_ptr.numel() - 1
+        return self.node_ptr.size - 1
 
     @property
     def spectral_k(self) -> int:
         return int(self.eigenvalues.shape[1])
 
-    def cell_facts(self) -> torch.Tensor:
-        """:func:`cell_facts` of every stored graph, [len(self), NUM_CELL_FACTS]."""
-        graph_of_node = torch.repeat_interleave(torch.arange(len(self)), self.node_ptr.diff())
-        return cell_facts(self.atomic_numbers, graph_of_node, len(self))
+    def cell_facts(self) -> np.ndarray:
+        """The cell facts (:func:`~topoclass.features.graph.cell_facts`) of every stored graph,
+        [len(self), NUM_CELL_FACTS] float32."""
+        return cell_facts_from_counts(self.atomic_numbers, self.node_ptr)
 
-    def finite(self) -> torch.Tensor:
+    def finite(self) -> np.ndarray:
         """Whether each graph holds only finite distances and spectra, [len(self)] bool."""
-        node_graph = torch.repeat_interleave(torch.arange(len(self)), self.node_ptr.diff())
-        edge_graph = torch.repeat_interleave(torch.arange(len(self)), self.edge_ptr.diff())
-        broken = torch.zeros(len(self), dtype=torch.bool)
-        broken[node_graph[~torch.isfinite(self.eigenvectors).all(dim=1)]] = True
-        broken[edge_graph[~torch.isfinite(self.edge_distance)]] = True
-        broken |= ~torch.isfinite(self.eigenvalues).all(dim=1)
-        return ~broken
+        per_node = np.isfinite(self.eigenvectors).all(axis=1)
+        return (
+            np.isfinite(self.eigenvalues).all(axis=1)
+            & _all_per_graph(per_node, np.diff(self.node_ptr))
+            & _all_per_graph(np.isfinite(self.edge_distance), np.diff(self.edge_ptr))
+        )
 
     def input_bytes(self, index: int) -> bytes:
         """What a material's graph contributes to the data fingerprint: atoms, edges, distances."""
         n0, n1 = int(self.node_ptr[index]), int(self.node_ptr[index + 1])
         e0, e1 = int(self.edge_ptr[index]), int(self.edge_ptr[index + 1])
         return (
-            self.atomic_numbers[n0:n1].numpy().tobytes()
-            + self.edge_index[:, e0:e1].numpy().tobytes()
-            + self.edge_distance[e0:e1].numpy().tobytes()
+            self.atomic_numbers[n0:n1].tobytes()
+            + np.ascontiguousarray(self.edge_index[:, e0:e1]).tobytes()
+            + self.edge_distance[e0:e1].tobytes()
         )
 
     def graph(self, index: int) -> CrystalGraph:
@@ -176,29 +181,43 @@ class GraphStore:
         n0, n1 = int(self.node_ptr[index]), int(self.node_ptr[index + 1])
         e0, e1 = int(self.edge_ptr[index]), int(self.edge_ptr[index + 1])
         return CrystalGraph(
-            atomic_numbers=self.atomic_numbers[n0:n1].numpy().copy(),
-            edge_index=self.edge_index[:, e0:e1].numpy().copy(),
-            edge_distance=self.edge_distance[e0:e1].numpy().copy(),
+            atomic_numbers=self.atomic_numbers[n0:n1].copy(),
+            edge_index=self.edge_index[:, e0:e1].copy(),
+            edge_distance=self.edge_distance[e0:e1].copy(),
         )
 
-    def batch(self, graph_indices: Sequence[int] | torch.Tensor) -> GraphBatch:
-        """The given graphs as one batch, in that order, built by vectorized slicing."""
-        index = torch.as_tensor(graph_indices, dtype=torch.long).reshape(-1)
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+    def batch_arrays(self, graph_indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The given graphs as one batch, in that order, as NumPy arrays named as the fields of
+        :class:`GraphBatch`; built by vectorized slicing."""
+        index = np.asarray(graph_indices, dtype=np.int64).reshape(-1)
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise IndexError(f"graph index out of range for a store of {len(self)} graphs")
         node_gather, node_counts, node_offsets = _ranges(self.node_ptr, index)
         edge_gather, edge_counts, _ = _ranges(self.edge_ptr, index)
-        shift = torch.repeat_interleave(node_offsets, edge_counts)
-        return GraphBatch(
-            z=self.atomic_numbers[node_gather],
-            edge_index=self.edge_index[:, edge_gather] + shift,
-            edge_distance=self.edge_distance[edge_gather],
-            pe=self.eigenvectors[node_gather],
-            eigenvalues=self.eigenvalues[index],
-            eigenvalue_mask=self.eigenvalue_mask[index],
-            batch=torch.repeat_interleave(torch.arange(index.numel()), node_counts),
-            ptr=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(node_counts, 0)]),
-        )
+        shift = np.repeat(node_offsets, edge_counts)
+        return {
+            "z": self.atomic_numbers[node_gather],
+            "edge_index": self.edge_index[:, edge_gather] + shift,
+            "edge_distance": self.edge_distance[edge_gather],
+            "pe": self.eigenvectors[node_gather],
+            "eigenvalues": self.eigenvalues[index],
+            "eigenvalue_mask": self.eigenvalue_mask[index],
+            "batch": np.repeat(np.arange(index.size), node_counts),
+            "ptr": _pointer(node_counts),
+        }
+
+    def batch(self, graph_indices: Sequence[int] | np.ndarray | torch.Tensor) -> GraphBatch:
+        """:meth:`batch_arrays` as tensors, for the model."""
+        import torch
+
+        index = graph_indices.numpy() if isinstance(graph_indices, torch.Tensor) else graph_indices
+        arrays = self.batch_arrays(index)
+        return GraphBatch(**{name: torch.from_numpy(array) for name, array in arrays.items()})
+
+
+def _pointer(counts: np.ndarray) -> np.ndarray:
+    """[0, c0, c0+c1, ...]: where each of ``counts`` consecutive ranges starts, then the total."""
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
 _COPY_BLOCK = 1 << 20  # bytes read at a time when joining part files
@@ -282,12 +301,11 @@ class GraphStoreWriter:
             "eigenvectors": (nodes, k),
         }
 
-    def pointers(self) -> dict[str, torch.Tensor]:
+    def pointers(self) -> dict[str, np.ndarray]:
         """``node_ptr`` and ``edge_ptr``: small, kept in memory."""
         ptrs = {}
         for name, counts in (("node_ptr", self._node_counts), ("edge_ptr", self._edge_counts)):
-            joined = np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
-            ptrs[name] = torch.from_numpy(np.concatenate([[0], np.cumsum(joined)]).astype(np.int64))
+            ptrs[name] = _pointer(np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64))
         return ptrs
 
     def finite(self) -> np.ndarray:
@@ -326,18 +344,13 @@ class GraphStoreWriter:
                 arrays[name] = np.zeros(shapes[name], dtype=dtype)
             else:
                 arrays[name] = np.memmap(self.directory / name, dtype=dtype, mode="c", shape=shapes[name])
-        tensors = {
-            name: torch.from_numpy(np.asarray(a))
-            for name, a in arrays.items()
-            if not name.startswith("edge_")
-        }
-        tensors["edge_distance"] = torch.from_numpy(np.asarray(arrays["edge_distance"]))
+        packed = {name: a for name, a in arrays.items() if not name.startswith("edge_")}
+        packed["edge_distance"] = arrays["edge_distance"]
         if self.directory is None or shapes["edge_source"][0] == 0:
-            edge_index = np.stack([arrays["edge_source"], arrays["edge_target"]])
+            packed["edge_index"] = np.stack([arrays["edge_source"], arrays["edge_target"]])
         else:
-            edge_index = _joined_edge_file(self.directory, shapes["edge_source"][0])
-        tensors["edge_index"] = torch.from_numpy(np.asarray(edge_index))
-        return GraphStore({**tensors, **self.pointers()})
+            packed["edge_index"] = _joined_edge_file(self.directory, shapes["edge_source"][0])
+        return GraphStore({**packed, **self.pointers()})
 
 
 def _all_per_graph(flags: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -357,12 +370,10 @@ def _joined_edge_file(directory: Path, edges: int) -> np.memmap:
     return np.memmap(path, dtype=_PARTS["edge_source"], mode="c", shape=(2, edges))
 
 
-def _ranges(ptr: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ranges(ptr: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat positions of the ranges ``ptr[i]:ptr[i+1]`` for each i in ``index``, their lengths and
     where each range starts in the output."""
     starts = ptr[index]
     counts = ptr[index + 1] - starts
-    offsets = torch.cumsum(counts, 0) - counts
-    total = int(counts.sum())
-    gather = torch.arange(total) + torch.repeat_interleave(starts - offsets, counts, output_size=total)
-    return gather, counts, offsets
+    offsets = np.cumsum(counts) - counts
+    return np.arange(int(counts.sum())) + np.repeat(starts - offsets, counts), counts, offsets

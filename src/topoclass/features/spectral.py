@@ -18,20 +18,27 @@ padded) and the matching eigenvectors become per-node encodings ``[n, k]`` (padd
 stored encodings reproducible (up to ties in magnitude); they remain defined only up to sign
 (and up to rotation inside degenerate eigenspaces), which :func:`random_sign_flip` and the
 sign-invariant encoder account for.
+
+Everything is NumPy (LAPACK's ``eigh``), so predicting from a structure needs no PyTorch;
+only a CUDA device, when training has PyTorch loaded, takes the batched ``eigh`` there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from topoclass.features.graph import CrystalGraph
+
+if TYPE_CHECKING:
+    import torch
 
 # Diagonal of padded rows: above 2, the largest normalized-Laplacian eigenvalue, so padded
 # eigenvalues sort after every real one and block structure keeps real eigenvectors zero there.
@@ -40,6 +47,9 @@ _PADDING_DIAGONAL = 3.0
 # most this many matrix entries, keeping padding and memory small.
 _GROUP_SIZE_FACTOR = 1.25
 _GROUP_MAX_ENTRIES = 1 << 22
+
+# A batched symmetric eigensolver: [B, n, n] -> eigenvalues [B, n] ascending, eigenvectors [B, n, n].
+Eigh = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -103,18 +113,20 @@ def graph_key(num_nodes: int, edge_index: np.ndarray, k: int) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` or "auto": CUDA when available, else CPU."""
+def spectra_on_cuda(device: str | None) -> bool:
+    """Whether ``device`` puts the eigensolver on a GPU: "cuda...", or "auto"/None when PyTorch
+    is already loaded and sees one (a process that never loaded PyTorch works on the CPU)."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        torch = sys.modules.get("torch")
+        return torch is not None and torch.cuda.is_available()
+    return str(device).startswith("cuda")
 
 
 def laplacian_spectra(
     graphs: Sequence[CrystalGraph],
     k: int,
     *,
-    device: str | torch.device | None = "auto",
+    device: str | None = "auto",
     cache: SpectralCache | None = None,
 ) -> list[Spectrum]:
     """The ``k`` smallest eigenpairs of each graph's normalized Laplacian, one :class:`Spectrum` each.
@@ -122,7 +134,9 @@ def laplacian_spectra(
     With a ``cache``, graphs found there are not recomputed, and graphs repeated in ``graphs``
     (same node count and edges) are computed once.
     """
-    target = resolve_device(device)
+    eigh: Eigh = np.linalg.eigh
+    if spectra_on_cuda(device):
+        eigh = _cuda_eigh("cuda" if device in (None, "auto") else str(device))
     results: list[Spectrum | None] = [None] * len(graphs)
     to_compute: list[int] = []  # one position per distinct missing graph
     repeats: dict[str, list[int]] = {}  # key of a graph to compute -> its other positions
@@ -140,10 +154,10 @@ def laplacian_spectra(
         else:
             repeats[key] = []
             to_compute.append(position)
-    with _single_cpu_thread(target):
+    with _one_blas_thread():
         for group in _size_groups([graphs[i].num_nodes for i in to_compute]):
             positions = [to_compute[i] for i in group]
-            spectra = _group_spectra([graphs[p] for p in positions], k, target)
+            spectra = _group_spectra([graphs[p] for p in positions], k, eigh)
             for position, spectrum in zip(positions, spectra, strict=True):
                 results[position] = spectrum
                 if cache is not None:
@@ -153,23 +167,28 @@ def laplacian_spectra(
     return results  # type: ignore[return-value]
 
 
-@contextmanager
-def _single_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run CPU work on one torch thread, then restore the setting.
+def _one_blas_thread() -> AbstractContextManager[object]:
+    """LAPACK on one thread for the duration.
 
-    The matrices are small (median 12 nodes); torch's worker threads spin-wait between such
-    small operations and cost far more than they save: measured on 500 tqc2020 graphs on a
-    2-core machine with other work running, 3 s with two threads against 0.03 s with one.
+    The matrices are small (median 12 nodes); a BLAS library's worker threads spin-wait between
+    such small operations and cost far more than they save (measured with PyTorch's solver on
+    500 tqc2020 graphs on a 2-core machine with other work running: 3 s with two threads
+    against 0.03 s with one).
     """
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+def _cuda_eigh(device: str) -> Eigh:
+    """``eigh`` of a float64 [B, n, n] NumPy stack on the GPU, results back as NumPy."""
+    import torch
+
+    def eigh(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values, vectors = torch.linalg.eigh(torch.from_numpy(matrices).to(device))
+        return values.cpu().numpy(), vectors.cpu().numpy()
+
+    return eigh
 
 
 def _size_groups(sizes: list[int]) -> list[list[int]]:
@@ -193,29 +212,28 @@ def _size_groups(sizes: list[int]) -> list[list[int]]:
     return groups
 
 
-def _group_spectra(graphs: Sequence[CrystalGraph], k: int, device: torch.device) -> list[Spectrum]:
+def _group_spectra(graphs: Sequence[CrystalGraph], k: int, eigh: Eigh) -> list[Spectrum]:
     """Eigenpairs of several graphs at once via one batched ``eigh`` on padded block matrices."""
-    sizes = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
+    sizes = np.array([g.num_nodes for g in graphs], dtype=np.int64)
     batch, n_max = len(graphs), max(1, int(sizes.max()))  # a node-less graph still gets a padded row
-    laplacian = _padded_laplacians(graphs, sizes, n_max).to(device)
-    eigenvalues, eigenvectors = torch.linalg.eigh(laplacian)
+    laplacian = _padded_laplacians(graphs, sizes, n_max)
+    eigenvalues, eigenvectors = eigh(laplacian)
     kept = min(k, n_max)
-    eigenvalues = eigenvalues[:, :kept].cpu()
-    eigenvectors = eigenvectors[:, :, :kept].cpu()
+    eigenvalues = eigenvalues[:, :kept]
+    eigenvectors = eigenvectors[:, :, :kept]
 
-    real_columns = torch.arange(kept).unsqueeze(0) < sizes.unsqueeze(1)  # [B, kept]
+    real_columns = np.arange(kept)[None, :] < sizes[:, None]  # [B, kept]
     # Canonical sign: the largest-magnitude entry of each eigenvector is positive.
-    peak = eigenvectors.abs().argmax(dim=1, keepdim=True)
-    signs = torch.sign(torch.gather(eigenvectors, 1, peak))
-    eigenvectors = eigenvectors * torch.where(signs == 0, torch.ones_like(signs), signs)
-    eigenvectors = eigenvectors * real_columns.unsqueeze(1)
-    eigenvalues = torch.where(real_columns, eigenvalues, torch.zeros_like(eigenvalues))
+    peak = np.abs(eigenvectors).argmax(axis=1)[:, None, :]
+    signs = np.sign(np.take_along_axis(eigenvectors, peak, axis=1))
+    eigenvectors = eigenvectors * np.where(signs == 0, 1.0, signs) * real_columns[:, None, :]
+    eigenvalues = np.where(real_columns, eigenvalues, 0.0)
 
     values = np.zeros((batch, k), dtype=np.float32)
-    values[:, :kept] = eigenvalues.numpy()
+    values[:, :kept] = eigenvalues
     mask = np.zeros((batch, k), dtype=bool)
-    mask[:, :kept] = real_columns.numpy()
-    vectors = eigenvectors.to(torch.float32).numpy()
+    mask[:, :kept] = real_columns
+    vectors = eigenvectors.astype(np.float32)
     spectra = []
     for b, graph in enumerate(graphs):
         per_node = np.zeros((graph.num_nodes, k), dtype=np.float32)
@@ -224,26 +242,26 @@ def _group_spectra(graphs: Sequence[CrystalGraph], k: int, device: torch.device)
     return spectra
 
 
-def _padded_laplacians(graphs: Sequence[CrystalGraph], sizes: torch.Tensor, n_max: int) -> torch.Tensor:
+def _padded_laplacians(graphs: Sequence[CrystalGraph], sizes: np.ndarray, n_max: int) -> np.ndarray:
     """[B, n_max, n_max] float64 normalized Laplacians; padded diagonals hold a value above 2."""
     batch = len(graphs)
-    edge_counts = torch.tensor([g.num_edges for g in graphs], dtype=torch.long)
-    edges = torch.from_numpy(np.concatenate([g.edge_index for g in graphs], axis=1))
-    owner = torch.repeat_interleave(torch.arange(batch), edge_counts)
+    edge_counts = np.array([g.num_edges for g in graphs], dtype=np.int64)
+    edges = np.concatenate([g.edge_index for g in graphs], axis=1).astype(np.int64)
+    owner = np.repeat(np.arange(batch), edge_counts)
     distinct = edges[0] != edges[1]  # periodic self-images are not edges between distinct atoms
     source, target, owner = edges[0][distinct], edges[1][distinct], owner[distinct]
     flat = owner * n_max * n_max + source * n_max + target
-    counts = torch.bincount(flat, minlength=batch * n_max * n_max).to(torch.float64)
-    counts = counts.view(batch, n_max, n_max)
-    adjacency = 0.5 * (counts + counts.transpose(1, 2))
+    counts = np.bincount(flat, minlength=batch * n_max * n_max).astype(np.float64)
+    counts = counts.reshape(batch, n_max, n_max)
+    adjacency = 0.5 * (counts + counts.transpose(0, 2, 1))
 
-    degree = adjacency.sum(dim=2)
-    inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-300).rsqrt(), torch.zeros_like(degree))
-    laplacian = -(inv_sqrt.unsqueeze(2) * adjacency * inv_sqrt.unsqueeze(1))
-    real_nodes = torch.arange(n_max).unsqueeze(0) < sizes.unsqueeze(1)
-    diagonal = torch.where(degree > 0, 1.0, 0.0).to(torch.float64)
-    diagonal = torch.where(real_nodes, diagonal, torch.full_like(diagonal, _PADDING_DIAGONAL))
-    laplacian.diagonal(dim1=1, dim2=2).copy_(diagonal)
+    degree = adjacency.sum(axis=2)
+    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-300)), 0.0)
+    laplacian = -(inv_sqrt[:, :, None] * adjacency * inv_sqrt[:, None, :])
+    real_nodes = np.arange(n_max)[None, :] < sizes[:, None]
+    diagonal = np.where(real_nodes, np.where(degree > 0, 1.0, 0.0), _PADDING_DIAGONAL)
+    rows = np.arange(n_max)
+    laplacian[:, rows, rows] = diagonal
     return laplacian
 
 
@@ -256,6 +274,8 @@ def random_sign_flip(
     and eigenvector, so each flipped column is still an eigenvector of its graph.
     """
     num_graphs = int(batch_vector.max()) + 1 if batch_vector.numel() else 0
+    import torch
+
     draws = torch.randint(0, 2, (num_graphs, pe.shape[1]), generator=generator, device="cpu")
     signs = (draws * 2 - 1).to(device=pe.device, dtype=pe.dtype)
     return pe * signs[batch_vector]

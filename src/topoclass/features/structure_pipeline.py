@@ -2,7 +2,7 @@
 
 Each structure is independent, so worker processes take them in chunks; a structure that
 fails at any step yields a one-line reason and never stops the others. Spectra are then
-computed in the parent, batched by graph size (on the GPU when there is one). The space-group
+computed in the parent, batched by graph size (on the GPU when training has one). The space-group
 search (spglib) costs more than everything else together, so it runs only for the structures
 whose space group is not already known.
 """
@@ -17,14 +17,13 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from topoclass.config import GraphConfig
 from topoclass.errors import DataError
-from topoclass.features.embedding_store import EmbeddingStore
 from topoclass.features.graph import CrystalGraph, build_crystal_graph
 from topoclass.features.graph_store import GraphStore, GraphStoreWriter
 from topoclass.features.spectral import SpectralCache, laplacian_spectra
@@ -37,6 +36,9 @@ from topoclass.features.structures import (
     spglib_spacegroup,
 )
 from topoclass.threads import available_cpus
+
+if TYPE_CHECKING:
+    from topoclass.features.embedding_store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +231,9 @@ def _one_thread_per_worker() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")  # forked from a parent that loaded it (training)
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext | None:

@@ -143,14 +143,8 @@ def graph_inputs(features: FeatureArrays, rows: np.ndarray, *, spectral_k: int) 
             "ptr": np.zeros(1, np.int64),
             GRAPH_ROWS: np.zeros(0, np.int64),
         }
-    batch = features.graphs.batch(graph_rows[present].tolist())
-    arrays = {name: np.asarray(getattr(batch, name)) for name in ("z", "edge_index", "edge_distance", "pe")}
-    arrays.update(
-        eigenvalues=np.asarray(batch.eigenvalues),
-        eigenvalue_mask=np.asarray(batch.eigenvalue_mask),
-        node_graph=np.asarray(batch.batch),
-        ptr=np.asarray(batch.ptr),
-    )
+    arrays = features.graphs.batch_arrays(graph_rows[present])
+    arrays["node_graph"] = arrays.pop("batch")
     return {**arrays, GRAPH_ROWS: present.astype(np.int64)}
 
 
