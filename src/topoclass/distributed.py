@@ -5,21 +5,23 @@ standard environment: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` 
 ``MASTER_PORT`` from torchrun, or ``SLURM_PROCID``, ``SLURM_NTASKS`` and
 ``SLURM_LOCALID`` from ``srun`` (then ``MASTER_ADDR`` and ``MASTER_PORT`` must be
 exported by the job script). A single process is the same code with a world of
-one, where every collective is a no-op. Every collective has a timeout, so a
-process whose peer died fails with a message instead of waiting for ever.
+one, where every collective is a no-op, and PyTorch is not even imported (a screening
+process needs none). Every collective has a timeout, so a process whose peer died fails
+with a message instead of waiting for ever.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Any
 
 from topoclass.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PeerFailedError(RuntimeError):
@@ -46,6 +48,8 @@ class ProcessGroup:
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise sum over all processes (in place, and returned)."""
         if self.distributed:
+            import torch.distributed as dist
+
             _collective(dist.all_reduce, tensor, op=dist.ReduceOp.SUM)
         return tensor
 
@@ -53,12 +57,17 @@ class ProcessGroup:
         """True on every process when it is true on any (a stop request, say)."""
         if not self.distributed:
             return flag
+        import torch
+
         return bool(self.sum(torch.tensor([float(flag)], device=self.device)).item() > 0)
 
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Every process's rows concatenated in rank order, on every process (sizes may differ)."""
         if not self.distributed:
             return rows
+        import torch
+        import torch.distributed as dist
+
         sizes: list[Any] = [None] * self.world_size
         _collective(dist.all_gather_object, sizes, int(rows.shape[0]))
         width = max(int(size) for size in sizes if size is not None)
@@ -72,17 +81,24 @@ class ProcessGroup:
         """Every process's ``value``, in rank order, on every process."""
         if not self.distributed:
             return [value]
+        import torch.distributed as dist
+
         values: list[Any] = [None] * self.world_size
         _collective(dist.all_gather_object, values, value)
         return values
 
     def barrier(self) -> None:
         if self.distributed:
+            import torch.distributed as dist
+
             _collective(dist.barrier)
 
     @property
     def device(self) -> torch.device:
         """Where this group's collectives run: the local GPU with NCCL, else the CPU (Gloo)."""
+        import torch
+        import torch.distributed as dist
+
         if self.distributed and dist.get_backend() == "nccl":
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
@@ -102,7 +118,10 @@ _PEER_MESSAGES = (
 
 def is_peer_failure(error: BaseException) -> bool:
     """Whether ``error`` came from a collective whose peer died or stopped answering."""
-    if isinstance(error, PeerFailedError | dist.DistError):
+    if isinstance(error, PeerFailedError):
+        return True
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(error, dist.DistError):
         return True
     return isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _PEER_MESSAGES)
 
@@ -139,15 +158,19 @@ def environment_group() -> ProcessGroup:
     return ProcessGroup(rank=rank, world_size=world, local_rank=local)
 
 
-def start(group: ProcessGroup, device: torch.device, timeout_s: float) -> None:
+def start(group: ProcessGroup, device: torch.device | str, timeout_s: float) -> None:
     """Join the job's process group (NCCL on CUDA, Gloo on the CPU); nothing for a single process."""
-    if not group.distributed or dist.is_initialized():
+    if not group.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         return
     for key in ("MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
             raise ConfigError(f"{key} is not set: start with torchrun, or export it in the job script")
     dist.init_process_group(
-        backend="nccl" if device.type == "cuda" else "gloo",
+        backend="nccl" if str(device).startswith("cuda") else "gloo",
         rank=group.rank,
         world_size=group.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
@@ -156,5 +179,6 @@ def start(group: ProcessGroup, device: torch.device, timeout_s: float) -> None:
 
 def stop() -> None:
     """Leave the process group (after training, or when it failed)."""
-    if dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # a job that never joined one never loaded it
+    if dist is not None and dist.is_initialized():
         dist.destroy_process_group()

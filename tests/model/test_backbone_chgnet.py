@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +255,51 @@ def test_formula_models_can_read_chgnets_element_vectors(chgnet):
     assert not vectors[chgnet.ELEMENTS + 1 :].any()  # elements CHGNet never saw
     assert "composition.pretrained_elements" in model.state_dict()
     assert not any(p is vectors for p in model.parameters())  # frozen
+
+
+@pytest.mark.integration
+def test_a_fine_tuning_run_killed_while_checkpointing_resumes_to_the_same_weights(chgnet, tmp_path):
+    """A real training process, SIGKILLed while it writes a mid-epoch checkpoint of its live
+    (backbone-training) epoch, then the same command: the weights end as an uninterrupted run's."""
+    from tests.helpers import run_cli
+    from topoclass.checkpoint.manager import CheckpointManager
+    from topoclass.config import CheckpointConfig
+
+    rows = ["id,structure,topo"]
+    for i, (kind, a, species, coords) in enumerate([*CRYSTALS.values(), *CRYSTALS.values()]):
+        name = f"s{i}"
+        stretched = primitive(kind, a * (1 + 0.02 * i), species, coords)
+        (tmp_path / f"{name}.vasp").write_text(stretched.to(fmt="poscar"))
+        rows.append(f"{name},{name}.vasp,{'xy'[i % 3 == 0]}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    small = ", ".join(f"{key.split('.')[1]}: {value}" for key, value in SMALL_MODEL.items())
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"data: {{dataset: table, table: {tmp_path / 't.csv'}, use_structure: true, featurize_workers: 1,\n"
+        "       tasks: [{name: topo}], split: {train: 0.5, val: 0.25, test: 0.25}}\n"
+        f"model: {{{small}, structure_encoder: chgnet, backbone_lr: 0.001, backbone_frozen_epochs: 1}}\n"
+        "train: {epochs: 2, batch_size: 2, warmup_epochs: 0, progress_bar: false}\n"
+        "checkpoint: {every_epochs: 1, every_steps: 1, every_minutes: 0}\n"
+    )
+
+    def final_weights(run: Path) -> dict[str, torch.Tensor]:
+        with CheckpointManager(run / "checkpoints", CheckpointConfig()) as manager:
+            loaded = manager.find_latest()
+        assert loaded is not None and loaded.state["trainer"]["completed_epochs"] == 2
+        return loaded.state["model"]
+
+    def train(run: Path, kill_at_commit: int | None = None):
+        args = ["train", "--config", str(config), "--run-dir", str(run), "--resume", "auto"]
+        return run_cli(args, tmp_path, kill_at_commit=kill_at_commit)
+
+    reference = train(tmp_path / "reference")
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    killed = train(tmp_path / "run", kill_at_commit=4)  # epoch 1's steps and end, then one live step
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    resumed = train(tmp_path / "run")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resuming from epoch 2" in resumed.stdout
+    expected, got = final_weights(tmp_path / "reference"), final_weights(tmp_path / "run")
+    assert expected.keys() == got.keys() and any(key.startswith("backbone.") for key in got)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), f"{key} differs after the kill and resume"

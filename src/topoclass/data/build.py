@@ -43,8 +43,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Bumped whenever the features of a record change, so older cache entries are not reused.
-FEATURIZER_VERSION = 4
+# Bumped whenever the features of a record change, so older cache entries are not reused
+# (5: Laplacian spectra from NumPy's LAPACK, another basis inside degenerate eigenspaces).
+FEATURIZER_VERSION = 5
 
 
 @dataclass

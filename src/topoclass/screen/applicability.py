@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from topoclass.app.predict import TrainedRun
-from topoclass.app.prepare import make_split, prepare_data
 from topoclass.data.arrays import FeatureArrays
 from topoclass.data.split import load_split
 from topoclass.errors import TopoclassError, WriteError
@@ -137,6 +136,8 @@ def applicability_for(run: TrainedRun) -> Applicability | None:
     if path.is_file():
         return Applicability.load(path)
     logger.info("Fitting the applicability flags of %s on its training data (once)", run.layout.root)
+    from topoclass.app.prepare import make_split, prepare_data  # the training path: PyTorch
+
     try:
         prepared = prepare_data(run.config)
         split_file = run.layout.split_file()

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from topoclass import distributed
@@ -127,7 +126,7 @@ def screen(
     paths = expand_inputs(inputs)
     ranked = ranked_classes(settings.rank or _default_rank(run), run.tasks)
     group = distributed.environment_group()
-    distributed.start(group, torch.device("cpu"), BARRIER_TIMEOUT_S)
+    distributed.start(group, "cpu", BARRIER_TIMEOUT_S)
     try:
         # Until the first chunk starts there is nothing to finish: a stop signal stops at once (75).
         with install_stop_handlers() as stop:
