@@ -177,3 +177,43 @@ def test_without_onnxruntime_pytorch_answers_and_says_so_once(monkeypatch, caplo
     assert isinstance(run.network, TorchNetwork)
     lines = [record.getMessage() for record in caplog.records if record.name == "topoclass.app.predict"]
     assert lines == ["Predicting with PyTorch: onnxruntime is not installed"]
+
+
+def test_batches_keep_to_the_edge_budget_and_cover_every_row_once(monkeypatch):
+    from topoclass.features.graph import CrystalGraph
+    from topoclass.features.graph_store import GraphStore
+    from topoclass.features.spectral import laplacian_spectra
+    from topoclass.inference import onnx_network
+
+    monkeypatch.setattr(onnx_network, "EDGE_BUDGET", 100)
+    monkeypatch.setattr(onnx_network, "BATCH_SIZE", 4)
+    rng = np.random.default_rng(0)
+    edge_counts = [30, 30, 30, 150, 10, 10, 10, 10, 10, 60, 60]
+    graphs = []
+    for edges in edge_counts:
+        index = rng.integers(0, 5, (2, edges))
+        graphs.append(CrystalGraph(np.ones(5, np.int64), index, np.ones(edges, np.float32)))
+    store = GraphStore.from_graphs(graphs, laplacian_spectra(graphs, 4, device="cpu"))
+    # Rows 2 and 6 have no structure (no edges); the rest map to the graphs in order.
+    graph_index = np.array([0, 1, -1, 2, 3, 4, -1, 5, 6, 7, 8, 9, 10])
+    n = len(graph_index)
+    features = FeatureArrays(
+        ids=[str(i) for i in range(n)],
+        formulas=["H"] * n,
+        tasks=[],
+        element_index=np.ones((n, 1), np.int64),
+        element_fraction=np.ones((n, 1), np.float32),
+        descriptors=np.zeros((n, 1), np.float32),
+        spacegroup=np.ones(n, np.int64),
+        labels=np.zeros((n, 0), np.float32),
+        graph_index=graph_index,
+        graphs=store,
+    )
+    ranges = onnx_network.batches(features, edges=True)
+    assert np.array_equal(np.concatenate(ranges), np.arange(n))
+    row_edges = np.where(graph_index >= 0, np.array(edge_counts)[np.clip(graph_index, 0, None)], 0)
+    for rows in ranges:
+        assert len(rows) <= 4
+        assert row_edges[rows].sum() <= 100 or len(rows) == 1  # the 150-edge cell goes alone
+    assert [len(rows) for rows in ranges] == [4, 1, 4, 3, 1]
+    assert [len(rows) for rows in onnx_network.batches(features, edges=False)] == [4, 4, 4, 1]

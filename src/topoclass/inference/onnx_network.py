@@ -50,6 +50,10 @@ GRAPH_INPUTS = (
 # The materials of a batch that have a graph, in the order of their graphs.
 GRAPH_ROWS = "graph_rows"
 BATCH_SIZE = 256  # materials per run of the session: bounds memory; 64 to 1024 measured alike
+# Graph edges per run of the session, at most (a material with more goes alone): the memory of a
+# run grows with its edges, and ONNX Runtime keeps what its largest run needed, so without this
+# bound the process's peak memory would follow the largest cells an input happens to hold.
+EDGE_BUDGET = 16_384
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,7 @@ class OnnxNetwork:
     def outputs(self, features: FeatureArrays) -> dict[str, np.ndarray]:
         """Every task's raw outputs for all materials of ``features``, float32, in their order."""
         collected: dict[str, list[np.ndarray]] = {name: [] for name in self.record.tasks}
-        for start in range(0, len(features), BATCH_SIZE):
-            rows = np.arange(start, min(start + BATCH_SIZE, len(features)))
+        for rows in batches(features, edges=self.record.uses_structure):
             inputs = features.formula_inputs(rows, with_graphs=self.record.uses_structure)
             if self.record.uses_structure:
                 graphs = graph_inputs(features, rows, spectral_k=self.record.spectral_k)
@@ -124,6 +127,25 @@ class OnnxNetwork:
             for name, result in zip(self.record.tasks, results, strict=True):
                 collected[name].append(result[: len(rows)])
         return {name: np.concatenate(parts) for name, parts in collected.items()}
+
+
+def batches(features: FeatureArrays, *, edges: bool) -> list[np.ndarray]:
+    """Consecutive row ranges of at most :data:`BATCH_SIZE` materials and, with ``edges``, at
+    most :data:`EDGE_BUDGET` graph edges (a material with more edges is a batch of its own)."""
+    n = len(features)
+    if not edges or features.graphs is None:
+        return [np.arange(start, min(start + BATCH_SIZE, n)) for start in range(0, n, BATCH_SIZE)]
+    per_graph = np.diff(np.asarray(features.graphs.edge_ptr))
+    row_edges = np.where(features.graph_index >= 0, per_graph[np.clip(features.graph_index, 0, None)], 0)
+    ranges, start, total = [], 0, 0
+    for row, count in enumerate(row_edges.tolist()):
+        if row > start and (row - start == BATCH_SIZE or total + count > EDGE_BUDGET):
+            ranges.append(np.arange(start, row))
+            start, total = row, 0
+        total += count
+    if start < n:
+        ranges.append(np.arange(start, n))
+    return ranges
 
 
 def graph_inputs(features: FeatureArrays, rows: np.ndarray, *, spectral_k: int) -> dict[str, np.ndarray]:
