@@ -1,3 +1,5 @@
+import functools
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,54 @@ def test_the_shipped_multiplicity_table_is_what_spglib_gives():
     from topoclass.features.filling import compute_wyckoff_multiplicities, wyckoff_multiplicities
 
     assert all(wyckoff_multiplicities(n) == compute_wyckoff_multiplicities(n) for n in range(1, 231))
+
+
+@functools.cache
+def _sums(multiplicities: tuple[int, ...], up_to: int = 30_000) -> frozenset[int]:
+    """Brute force: every count up to ``up_to`` that atoms on sites of these multiplicities make."""
+    reachable = {0}
+    for value in range(1, up_to + 1):
+        if any(value - m in reachable for m in multiplicities):
+            reachable.add(value)
+    return frozenset(reachable)
+
+
+def _is_sum(count: int, multiplicities: tuple[int, ...]) -> bool:
+    assert count <= 30_000
+    return count in _sums(multiplicities)
+
+
+def _facts_by_definition(counts: list[int], electrons: int, number: int) -> list[float]:
+    import math
+
+    sites = wyckoff_multiplicities(number)
+    consistent = [u for u in range(1, 49) if all(_is_sum(u * c, sites) for c in counts)]
+    fillable = [u for u in consistent if u * electrons % 2 == 0 and _is_sum(u * electrons // 2, sites)]
+    units, cell = consistent[0], consistent[0] * electrons
+    larger = [u for u in consistent if u <= 4 * units]
+    return [
+        math.log2(units),
+        cell % 2,
+        cell % 4 / 3,
+        cell % 8 / 7,
+        math.log2(sites[0]),
+        float(units in fillable),
+        sum(u in fillable for u in larger) / len(larger),
+    ]
+
+
+def test_filling_facts_follow_their_definition_on_random_formulas():
+    from topoclass.features.formula import parse_formula
+
+    rng = np.random.default_rng(7)
+    symbols = ["H", "Li", "O", "Na", "Si", "Cl", "Cu", "Se", "Bi", "Te", "Pt", "Y"]
+    formulas, groups = [], []
+    for _ in range(150):
+        chosen = rng.choice(symbols, size=int(rng.integers(1, 5)), replace=False)
+        formulas.append("".join(f"{s}{int(rng.integers(1, 7))}" for s in chosen))
+        groups.append(int(rng.choice([1, 2, 14, 62, 166, 194, 199, 216, 221, 225, 227, 229])))
+    facts = filling_facts(formulas, groups)
+    for row, (formula, number) in enumerate(zip(formulas, groups, strict=True)):
+        parsed = parse_formula(formula)
+        expected = _facts_by_definition(list(parsed.reduced_counts), parsed.reduced_electrons, number)
+        np.testing.assert_array_equal(facts[row], np.asarray(expected, dtype=np.float32), err_msg=formula)

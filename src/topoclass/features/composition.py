@@ -12,13 +12,13 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 
 import numpy as np
 from pymatgen.core import Element
 
 from topoclass.features.filling import NUM_FILLING_FACTS, filling_facts
 from topoclass.features.formula import parse_formula
+from topoclass.features.shipped_tables import ELEMENT_PROPERTIES, shipped_table
 
 MAX_Z = 118  # every element pymatgen knows; missing properties are filled and flagged
 
@@ -70,9 +70,17 @@ def _scalar(element: Element, name: str) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-@lru_cache(maxsize=1)
 def element_property_table() -> np.ndarray:
     """Standardized element properties, shape [MAX_Z + 1, P]; row 0 is padding (zeros).
+
+    The table shipped with topoclass (read-only), as :func:`compute_element_property_table`
+    derives it from pymatgen.
+    """
+    return shipped_table(ELEMENT_PROPERTIES)
+
+
+def compute_element_property_table() -> np.ndarray:
+    """The element property table from pymatgen's periodic table.
 
     Missing values are filled with the column median and flagged in an extra
     column per property, so the model can tell a real value from a filled one.

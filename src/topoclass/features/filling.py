@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from functools import cache, lru_cache
+from dataclasses import dataclass
+from functools import cache
 from importlib.resources import files
 
 import numpy as np
 
-from topoclass.features.formula import parse_formula
+from topoclass.features.formula import ParsedFormula, parse_formula
 from topoclass.features.symmetry import symmetry_operations
 
 NUM_FILLING_FACTS = 7
@@ -37,6 +38,8 @@ _GRID = 24
 # Larger cells are not a plausible reading of a formula. A cell of as many formula units
 # as the general position's multiplicity (at most 48) is always consistent, so one is found.
 _MAX_FORMULA_UNITS = 48
+# Materials whose facts are computed together: bounds the [block, 48, elements] arrays (~10 MB).
+_BLOCK = 4096
 
 
 def wyckoff_multiplicities(number: int) -> tuple[int, ...]:
@@ -70,34 +73,40 @@ def compute_wyckoff_multiplicities(number: int) -> tuple[int, ...]:
     return tuple(int(size) // centring for size in np.unique(orbit_sizes))
 
 
-class _WyckoffSums:
-    """Which counts are sums of a group's Wyckoff multiplicities (a numerical semigroup)."""
+@dataclass(frozen=True)
+class _SumTables:
+    """Which counts are sums of each group's Wyckoff multiplicities (numerical semigroups), as
+    arrays indexed by group number."""
 
-    def __init__(self, multiplicities: tuple[int, ...]) -> None:
-        self.step = math.gcd(*multiplicities)
-        # Past smallest * largest every multiple of the gcd is a sum (Schur's bound).
-        self.limit = multiplicities[0] * multiplicities[-1]
-        reachable = np.zeros(self.limit + 1, dtype=bool)
-        reachable[0] = True
-        for m in multiplicities:
-            for value in range(m, self.limit + 1):
-                reachable[value] |= reachable[value - m]
-        self.reachable = reachable
+    step: np.ndarray  # [231]
+    limit: np.ndarray  # [231]
+    reachable: np.ndarray  # [231, largest limit + 1]
+    smallest_site: np.ndarray  # [231] log2 of the smallest multiplicity
 
-    def __contains__(self, count: int) -> bool:
-        if count % self.step:
-            return False
-        return count > self.limit or bool(self.reachable[count])
-
-    def holds(self, counts: np.ndarray) -> np.ndarray:
-        """Element-wise ``count in self`` for an array of non-negative counts."""
-        capped = np.minimum(counts, self.limit)
-        return (counts % self.step == 0) & ((counts > self.limit) | self.reachable[capped])
+    def holds(self, numbers: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Element-wise: is ``count`` a sum of group ``number``'s multiplicities (``numbers`` broadcast
+        against ``counts``)."""
+        limit = self.limit[numbers]
+        capped = np.minimum(counts, limit)
+        return (counts % self.step[numbers] == 0) & ((counts > limit) | self.reachable[numbers, capped])
 
 
 @cache
-def _wyckoff_sums(number: int) -> _WyckoffSums:
-    return _WyckoffSums(wyckoff_multiplicities(number))
+def _sum_tables() -> _SumTables:
+    multiplicities = {number: wyckoff_multiplicities(number) for number in range(1, 231)}
+    step, limit = np.ones(231, np.int64), np.zeros(231, np.int64)
+    # Past smallest * largest every multiple of the gcd is a sum (Schur's bound).
+    for number, values in multiplicities.items():
+        step[number], limit[number] = math.gcd(*values), values[0] * values[-1]
+    reachable = np.zeros((231, int(limit.max()) + 1), dtype=bool)
+    reachable[:, 0] = True
+    smallest_site = np.zeros(231)
+    for number, values in multiplicities.items():
+        for m in values:
+            for value in range(m, int(limit[number]) + 1):
+                reachable[number, value] |= reachable[number, value - m]
+        smallest_site[number] = math.log2(values[0])
+    return _SumTables(step, limit, reachable, smallest_site)
 
 
 def filling_facts(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.ndarray:
@@ -108,39 +117,42 @@ def filling_facts(formulas: Sequence[str], spacegroups: Sequence[int]) -> np.nda
     multiplicity, whether that cell's electrons can fill bands, and the share of
     the consistent cells up to four times as large that can.
     """
-    rows = [_facts(formula, int(number)) for formula, number in zip(formulas, spacegroups, strict=True)]
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), NUM_FILLING_FACTS)
+    if len(formulas) != len(spacegroups):
+        raise ValueError(f"{len(formulas)} formulas but {len(spacegroups)} space groups")
+    out = np.zeros((len(formulas), NUM_FILLING_FACTS), dtype=np.float32)
+    for start in range(0, len(formulas), _BLOCK):
+        parsed = [parse_formula(formula) for formula in formulas[start : start + _BLOCK]]
+        numbers = np.asarray(spacegroups[start : start + _BLOCK], dtype=np.int64)
+        out[start : start + len(parsed)] = _block_facts(parsed, numbers)
+    return out
 
 
-def _facts(formula: str, number: int) -> tuple[float, ...]:
-    parsed = parse_formula(formula)
-    return _cell_facts(parsed.reduced_counts, parsed.reduced_electrons, number)
-
-
-@lru_cache(maxsize=1 << 12)
-def _cell_facts(counts: tuple[int, ...], electrons: int, number: int) -> tuple[float, ...]:
-    """The facts depend on a formula only through its atom counts and electrons: many formulas share them.
-
-    The cache is bounded (about 2 MB full, 0.5 kB an entry): it lives as long as the process,
-    and a dataset's materials are mostly distinct keys.
-    """
-    sums = _wyckoff_sums(number)
-    smallest_site = math.log2(min(wyckoff_multiplicities(number)))
-    candidates = np.arange(1, _MAX_FORMULA_UNITS + 1)
+def _block_facts(parsed: list[ParsedFormula], numbers: np.ndarray) -> np.ndarray:
+    """The facts of a block of formulas at once: [materials, candidate cells, elements] arrays."""
+    tables = _sum_tables()
+    # Absent elements count 0 atoms, which always fit.
+    counts = np.zeros((len(parsed), max(len(p.reduced_counts) for p in parsed)), dtype=np.int64)
+    for row, formula in enumerate(parsed):
+        counts[row, : len(formula.reduced_counts)] = formula.reduced_counts
+    electrons = np.asarray([p.reduced_electrons for p in parsed], dtype=np.int64)
+    units = np.arange(1, _MAX_FORMULA_UNITS + 1)
     # A cell of u formula units: every element's u * count atoms must sit on Wyckoff positions.
-    consistent = candidates[sums.holds(np.outer(candidates, np.asarray(counts))).all(axis=1)]
-    cell_electrons = consistent * electrons
+    consistent = tables.holds(numbers[:, None, None], units[None, :, None] * counts[:, None, :]).all(axis=2)
+    cell_electrons = units[None, :] * electrons[:, None]
     # With spin-orbit coupling, a filling needs an even electron count, twice a sum of multiplicities.
-    fillable = (cell_electrons % 2 == 0) & sums.holds(cell_electrons // 2)
-    units = int(consistent[0])
-    larger = consistent <= 4 * units
-    electrons_in_cell = units * electrons
-    return (
-        math.log2(units),
-        electrons_in_cell % 2,
-        electrons_in_cell % 4 / 3,
-        electrons_in_cell % 8 / 7,
-        smallest_site,
-        float(fillable[0]),
-        float(fillable[larger].sum()) / int(larger.sum()),
+    fillable = (cell_electrons % 2 == 0) & tables.holds(numbers[:, None], cell_electrons // 2) & consistent
+    smallest = consistent.argmax(axis=1)  # a cell of _MAX_FORMULA_UNITS is always consistent
+    larger = consistent & (units[None, :] <= 4 * units[smallest][:, None])
+    electrons_in_cell = units[smallest] * electrons
+    return np.stack(
+        [
+            np.log2(units[smallest]),
+            electrons_in_cell % 2,
+            electrons_in_cell % 4 / 3,
+            electrons_in_cell % 8 / 7,
+            tables.smallest_site[numbers],
+            fillable[np.arange(len(parsed)), smallest],
+            (fillable & larger).sum(axis=1) / larger.sum(axis=1),
+        ],
+        axis=1,
     )

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 import warnings
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import numpy as np
 import spglib
+
+from topoclass.features.shipped_tables import SPACEGROUP_FEATURES, shipped_table
 
 NUM_SPACEGROUPS = 230
 _CRYSTAL_SYSTEM_FIRST_NUMBER = (1, 3, 16, 75, 143, 168, 195)  # triclinic ... cubic (ITA ranges)
@@ -74,29 +76,32 @@ def _nonsymmorphic_elements(symbol: str) -> tuple[float, float]:
     return float("_" in operations), float(re.search(r"[abcnde]", operations) is not None)
 
 
-@lru_cache(maxsize=1)
 def spacegroup_feature_table() -> np.ndarray:
-    """Feature vectors for space groups 1..230, shape [231, F]; row 0 is padding (zeros)."""
-    return spacegroup_features(np.arange(NUM_SPACEGROUPS + 1))
+    """Feature vectors for space groups 1..230, shape [231, F]; row 0 is padding (zeros).
+
+    The table shipped with topoclass (read-only), as :func:`compute_spacegroup_feature_table`
+    derives it from spglib's database.
+    """
+    return shipped_table(SPACEGROUP_FEATURES)
 
 
 def spacegroup_features(numbers: np.ndarray) -> np.ndarray:
-    """The feature vectors of space groups ``numbers`` (0: padding, zeros), shape [N, F].
-
-    Rows are made as they are asked for (once per group and process): predicting a few
-    materials costs a few rows, not the whole table's tenth of a second.
-    """
-    distinct, positions = np.unique(np.asarray(numbers, dtype=np.int64), return_inverse=True)
-    rows = np.stack([_spacegroup_row(int(number)) for number in distinct])
-    return rows[positions.reshape(-1)]
+    """The feature vectors of space groups ``numbers`` (0: padding, zeros), shape [N, F]."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    outside = numbers[(numbers < 0) | (numbers > NUM_SPACEGROUPS)]
+    if outside.size:
+        raise ValueError(f"no space group {int(outside[0])} (1-{NUM_SPACEGROUPS})")
+    return spacegroup_feature_table()[numbers]
 
 
-@cache
+def compute_spacegroup_feature_table() -> np.ndarray:
+    """The space-group feature table from spglib's database."""
+    return np.stack([_spacegroup_row(number) for number in range(NUM_SPACEGROUPS + 1)])
+
+
 def _spacegroup_row(number: int) -> np.ndarray:
     if number == 0:
         return np.zeros_like(_spacegroup_row(1))
-    if not 1 <= number <= NUM_SPACEGROUPS:
-        raise ValueError(f"no space group {number} (1-{NUM_SPACEGROUPS})")
     with warnings.catch_warnings():
         # spglib announces a change of its error handling on every database call.
         warnings.simplefilter("ignore", DeprecationWarning)

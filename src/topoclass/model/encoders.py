@@ -48,7 +48,7 @@ class CompositionEncoder(nn.Module):
         """``pretrained_elements`` [Z, D], row z for atomic number z (row 0 and unknown elements zero):
         a backbone's learned element vectors, kept frozen, joining each element's token."""
         super().__init__()
-        table = torch.from_numpy(element_property_table())
+        table = torch.from_numpy(element_property_table().copy())
         self.register_buffer("element_properties", table)
         self.register_buffer("pretrained_elements", pretrained_elements)
         extra = 0 if pretrained_elements is None else pretrained_elements.shape[1]
@@ -116,7 +116,7 @@ class SymmetryEncoder(nn.Module):
 
     def __init__(self, embedding_dim: int, hidden_dim: int, dropout: float) -> None:
         super().__init__()
-        table = torch.from_numpy(spacegroup_feature_table())
+        table = torch.from_numpy(spacegroup_feature_table().copy())
         self.register_buffer("spacegroup_facts", table)
         self.embedding = nn.Embedding(table.shape[0], embedding_dim)
         self.project = mlp(embedding_dim + table.shape[1], hidden_dim, hidden_dim, dropout)
