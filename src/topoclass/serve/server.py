@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import gc
 import logging
 import socket
 from collections.abc import Sequence
@@ -70,6 +71,10 @@ def run_server(
         from topoclass.serve.registry import load_models
 
         app = create_app(load_models(models), limits or Limits(), batching=batching)
+        # The loaded models are hundreds of thousands of objects that live as long as the server:
+        # moved out of the collector's sight, full collections no longer walk them between requests.
+        gc.collect()
+        gc.freeze()
         logger.info("Web page and API on http://%s:%d (API documentation at /docs)", host, port)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
