@@ -46,8 +46,9 @@ def parse_formula(formula: str) -> ParsedFormula:
     not_elements = tuple(str(s) for s, _ in parsed.items() if not isinstance(s, Element))
     if parsed.num_atoms <= 0 or not_elements:
         return ParsedFormula(b"", (), 0, 0, parsed.num_atoms, 0.0, (), _alphabetical(parsed), not_elements)
-    # items(), not values(): pymatgen's values() looks every element up again.
-    elements, amounts = [element for element, _ in parsed.items()], [amount for _, amount in parsed.items()]
+    # items(), not values(): pymatgen's values() looks every element up again. All are elements here.
+    pairs = [(element, amount) for element, amount in parsed.items() if isinstance(element, Element)]
+    elements, amounts = [element for element, _ in pairs], [amount for _, amount in pairs]
     factor = _reduction_factor(elements, amounts)
     if factor == 0:
         return _parsed_by_pymatgen(parsed)
