@@ -245,3 +245,30 @@ def test_batches_group_formulas_by_element_count(monkeypatch):
     assert [
         features.formula_inputs(np.array(rows), with_graphs=False)["element_index"].shape[1] for rows in runs
     ] == [1, 3, 3]
+
+
+def test_a_table_computes_the_network_beside_the_trees_with_the_same_answers(monkeypatch):
+    import threading
+
+    from topoclass.app import predict
+
+    run = load_run(bundled_model_dir("tang2019"))
+    assert isinstance(run.network, OnnxNetwork) and run.network.overlaps
+    formulas = ["Bi2Se3", "NaCl", "SnTe", "Cu", "Bi", "PbTe", "HgTe", "ZrTe5"] * 40
+    materials = [Material(id=str(i), formula=f, spacegroup=166 + i % 60) for i, f in enumerate(formulas)]
+    features, _ = featurize_materials(materials, run.tasks, run.config.data)
+    assert features is not None and len(features) >= predict.OVERLAP_ROWS
+    threads: list[str] = []
+    compute = run.network.outputs
+
+    def recorded(arrays: FeatureArrays) -> dict[str, np.ndarray]:
+        threads.append(threading.current_thread().name)
+        return compute(arrays)
+
+    monkeypatch.setattr(run.network, "outputs", recorded)
+    monkeypatch.setattr(predict, "_cpus", lambda: 2)
+    beside = predict.prediction_rows(run, features)
+    monkeypatch.setattr(predict, "_cpus", lambda: 1)
+    in_turn = predict.prediction_rows(run, features)
+    assert threads[0].startswith("topoclass-network") and threads[1] == threading.current_thread().name
+    assert beside == in_turn

@@ -31,6 +31,7 @@ class TorchNetwork:
     model: MultitaskModel
     device: torch.device
     name = "pytorch"
+    overlaps = False  # PyTorch spreads one call over the threads it was given
 
     def outputs(self, features: FeatureArrays) -> dict[str, np.ndarray]:
         """Raw outputs per task for every material of ``features`` (float32, on the CPU)."""

@@ -113,6 +113,7 @@ class OnnxNetwork:
         ]
         options.add_external_initializers(names, self._weights)
         self.record = record
+        self.overlaps = threads == 1
         self._session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def outputs(self, features: FeatureArrays) -> dict[str, np.ndarray]:

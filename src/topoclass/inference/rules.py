@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 SOURCES = ("network", "trees", "blend")
 EPS = 1e-12
 
+# A network's raw outputs per task, or a call that returns them once computed (elsewhere, meanwhile).
+NetworkOutputs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
+def resolved(outputs: NetworkOutputs) -> Mapping[str, Any]:
+    """The outputs themselves (waiting for them when given a call)."""
+    return outputs() if callable(outputs) else outputs
+
 
 @dataclass
 class TaskRule:
@@ -61,29 +69,30 @@ class Serving:
         self,
         tasks: list[TaskConfig],
         features: FeatureArrays,
-        network: dict[str, np.ndarray],
+        network: NetworkOutputs,
         *,
         use_structure: bool,
         only: dict[str, str] | None = None,
     ) -> dict[str, dict[str, np.ndarray]]:
         """Calibrated probabilities (or values) of each source, per task (with ``only``, of just the
-        source given per task: the trees are not needed to serve the network)."""
+        source given per task: the trees are not needed to serve the network). ``network``: the
+        network's raw outputs, or a call that waits for them; the trees predict before it is made."""
         need_trees = only is None or any(source != "network" for source in only.values())
-        x = (
-            tree_inputs(features, use_structure=use_structure, with_cell_facts=self.use_cell_facts)
-            if need_trees
-            else None
-        )
+        tree_outputs: dict[str, np.ndarray] = {}
+        if need_trees:
+            x = tree_inputs(features, use_structure=use_structure, with_cell_facts=self.use_cell_facts)
+            tree_outputs = {task.name: tree_predictions(task, self.trees[task.name], x) for task in tasks}
+        network = resolved(network)  # the trees went first: the network may be computing meanwhile
         out: dict[str, dict[str, np.ndarray]] = {}
         for task in tasks:
             rule = self.rules[task.name]
-            if x is None:
+            if not need_trees:
                 net = network[task.name]
                 if task.type == "classification":
                     net = apply_temperature(net, rule.temperature["network"])
                 out[task.name] = {"network": net}
                 continue
-            trees = tree_predictions(task, self.trees[task.name], x)
+            trees = tree_outputs[task.name]
             if task.type != "classification":
                 blend = rule.blend_weight * network[task.name] + (1 - rule.blend_weight) * trees
                 out[task.name] = {"network": network[task.name], "trees": trees, "blend": blend}
@@ -179,23 +188,29 @@ def predictions_for(
     serving: Serving | None,
     tasks: list[TaskConfig],
     features: FeatureArrays,
-    network_outputs: Mapping[str, Any],
+    network_outputs: NetworkOutputs,
     *,
     use_structure: bool,
     predictor: str | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
     """Served probabilities (or values), decisions and the source used, per task.
 
-    Without serving rules (a run from before them), the network's softmax and argmax.
+    ``network_outputs``: the network's raw outputs, or a call that waits for them (see
+    :meth:`Serving.source_outputs`). Without serving rules (a run from before them), the
+    network's softmax and argmax.
     """
-    network = {name: np.asarray(out, dtype=np.float32) for name, out in network_outputs.items()}
+
+    def network() -> dict[str, np.ndarray]:
+        return {name: np.asarray(out, dtype=np.float32) for name, out in resolved(network_outputs).items()}
+
     if serving is None:
         if predictor not in (None, "network"):
             raise CheckpointError(
                 f"this run has no trees to serve ('{predictor}'): run topoclass evaluate first"
             )
+        raw = network()
         probabilities = {
-            t.name: apply_temperature(network[t.name], 1.0) if t.type == "classification" else network[t.name]
+            t.name: apply_temperature(raw[t.name], 1.0) if t.type == "classification" else raw[t.name]
             for t in tasks
         }
         decisions = {
