@@ -16,7 +16,8 @@ def machine(monkeypatch):
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(threads, "_cgroup_quota", lambda: None)
-    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    for name in ("SLURM_CPUS_PER_TASK", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
 
@@ -37,6 +38,16 @@ def test_processes_of_one_job_share_the_cpus_and_the_setting_wins(machine):
     machine.setenv("SLURM_CPUS_PER_TASK", "8")
     assert threads.choose_threads(0, local_processes=4)[0] == 2
     assert threads.choose_threads(6, local_processes=4) == (6, "train.num_threads")
+
+
+def test_torchrun_processes_share_the_node_without_being_told(machine):
+    # A screen or a prediction under torchrun: each process gets its part of the node.
+    machine.setenv("LOCAL_WORLD_SIZE", "4")
+    assert threads.node_processes() == 4
+    assert threads.choose_threads(0)[0] == 3  # 16 // 4, one left on a shared machine
+    assert threads.cpu_share() == 4
+    machine.setenv("LOCAL_WORLD_SIZE", "32")
+    assert threads.choose_threads(0)[0] == 1 and threads.cpu_share() == 1
 
 
 def test_a_one_cpu_machine_gets_one_thread(machine):

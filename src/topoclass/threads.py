@@ -61,10 +61,27 @@ def _cgroup_quota() -> int | None:
     return None
 
 
-def choose_threads(setting: int, local_processes: int = 1) -> tuple[int, str]:
-    """The thread count for ``train.num_threads`` (0: automatic), and why."""
+def node_processes() -> int:
+    """Processes of this job on this node, as torchrun or Slurm say (1 when neither does)."""
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def cpu_share() -> int:
+    """The CPUs this process may count on: those available, shared among the job's processes here."""
+    return max(1, available_cpus()[0] // node_processes())
+
+
+def choose_threads(setting: int, local_processes: int | None = None) -> tuple[int, str]:
+    """The thread count for ``train.num_threads`` (0: automatic), and why. ``local_processes``:
+    this job's processes on this node (default: as torchrun or Slurm say)."""
     if setting > 0:
         return setting, "train.num_threads"
+    if local_processes is None:
+        local_processes = node_processes()
     cpus, given = available_cpus()
     share = max(1, cpus // max(local_processes, 1))
     if given:

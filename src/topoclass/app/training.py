@@ -49,7 +49,7 @@ from topoclass.inference.rules import Serving
 from topoclass.model.backbones import pin_backbone
 from topoclass.model.backbones.info import BackboneInfo
 from topoclass.model.inference import raw_outputs
-from topoclass.threads import configure_threads
+from topoclass.threads import configure_threads, node_processes
 from topoclass.trainer.device import autocast_dtype, select_device
 from topoclass.trainer.loop import VALIDATION_BATCH, BatchFailedError, Trainer
 from topoclass.trainer.signals import EXIT_RESUMABLE, StopRequest, install_stop_handlers
@@ -135,12 +135,9 @@ def _run(
 
 
 def _local_processes(group: ProcessGroup) -> int:
-    """Processes of this job on this node (torchrun and Slurm say how many)."""
-    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
-        value = os.environ.get(key, "")
-        if value.isdigit():
-            return int(value)
-    return 1 if not group.distributed else group.world_size
+    """Processes of this job on this node (torchrun and Slurm say how many; else all of the group)."""
+    said = any(os.environ.get(key, "").isdigit() for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"))
+    return node_processes() if said or not group.distributed else group.world_size
 
 
 def _quiet(group: ProcessGroup) -> None:
