@@ -10,7 +10,8 @@ The bundles' networks run on ONNX Runtime (no PyTorch import); the same commands
 at most 0.5x the reference, one structure at most 1.0x, and the 10,000-formula table at most
 1.5 s of work beyond what one formula costs (the same process start, imports and loading).
 
-Usage: ``python benchmarks/predict_latency.py [--repeats 3]``
+Usage: ``python benchmarks/predict_latency.py [--repeats 3] [--against OTHER/src]``
+(``git worktree add /tmp/v0.7.0 v0.7.0`` gives an earlier release's ``src`` to compare with).
 """
 
 from __future__ import annotations
@@ -53,12 +54,19 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("TOPOCLASS_DATA_DIR"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="the src/ folder of another topoclass release (a git worktree of its tag, say): its "
+        "served commands are timed in the same run, and the ratios printed",
+    )
     args = parser.parse_args()
     if not args.data_dir:
         sys.exit("give --data-dir or set TOPOCLASS_DATA_DIR")
     # Measured as installed: pip compiles a package's modules, but a checkout run with
     # PYTHONDONTWRITEBYTECODE set would compile topoclass at every start (torch's are compiled).
-    compileall.compile_dir(str(bundled_model_dir("tang2019").parents[1]), quiet=1)
+    for source in [bundled_model_dir("tang2019").parents[1], *([args.against] if args.against else [])]:
+        compileall.compile_dir(str(source), quiet=1)
     env = dict(os.environ)
     one = ["predict", "--model", "tang2019", "--formula", "Bi2Se3", "--spacegroup", "166"]
     example = str(bundled_model_dir("tqc2020") / "examples" / "Bi2Se3.cif")
@@ -84,6 +92,11 @@ def main() -> None:
             ),
             f"predict --table, {args.rows:,} formulas (served, PyTorch path)": (many, torch_env),
         }
+        if args.against:
+            other = {**env, "PYTHONPATH": os.pathsep.join([str(args.against), env.get("PYTHONPATH", "")])}
+            for name in ("predict one formula", "predict one structure (tqc2020,", "predict --table,"):
+                served = next(key for key in commands if key.startswith(name) and key.endswith("served)"))
+                commands[f"{served} [--against]"] = (commands[served][0], other)
         times: dict[str, list[float]] = {name: [] for name in ["python + import torch", *commands]}
         for _ in range(args.repeats):
             times["python + import torch"].append(import_floor())
@@ -98,6 +111,18 @@ def main() -> None:
         table_seconds = median[f"predict --table, {args.rows:,} formulas ({path})"]
         work = table_seconds - median[f"predict one formula ({path})"]
         print(f"  {args.rows:,} formulas ({path}): {work:.2f} s of work beyond one formula's cold start")
+    if args.against:
+        print(f"against {args.against}, same run:")
+        for name in [key for key in median if key.endswith(" [--against]")]:
+            this = median[name.removesuffix(" [--against]")]
+            print(f"  {name.removesuffix(' [--against]'):58s} {this / median[name]:.2f}x its time")
+        table = f"predict --table, {args.rows:,} formulas (served)"
+        one_formula = "predict one formula (served)"
+        work = median[table] - median[one_formula]
+        other_work = median[f"{table} [--against]"] - median[f"{one_formula} [--against]"]
+        print(
+            f"  {args.rows:,} formulas, work beyond the cold start: {work:.2f} s against {other_work:.2f} s"
+        )
 
 
 if __name__ == "__main__":
