@@ -13,15 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from topoclass.features.chunked_writer import ChunkedWriter
 from topoclass.features.graph import cell_facts
-
-if TYPE_CHECKING:
-    from topoclass.features.graph_store import GraphStore
 
 TENSOR_DTYPES: dict[str, torch.dtype] = {
     "vectors": torch.float32,
@@ -159,27 +157,19 @@ class EmbeddingStore:
         return torch.isfinite(self.vectors).all(dim=1)
 
 
-class EmbeddingStoreWriter:
+class EmbeddingStoreWriter(ChunkedWriter):
     """Vectors appended chunk by chunk to raw files in ``directory`` (or kept in memory).
 
     Only one chunk is in memory at a time; the files become the cache entry's tensors
     (:meth:`parts`) or a memory-mapped store (:meth:`store`).
     """
 
-    def __init__(self, width: int, directory: Path | None = None, *, keep_structures: bool = False) -> None:
-        self.width = width
-        self.directory = directory
-        names = ["vectors", "atomic_numbers", *(["frac_coords", "lattice"] if keep_structures else [])]
-        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        self._node_counts: list[np.ndarray] = []
-        self._finite: list[np.ndarray] = []
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            for name in self._chunks:
-                (directory / name).write_bytes(b"")
+    store_type = EmbeddingStore
 
-    def __len__(self) -> int:
-        return int(sum(len(c) for c in self._node_counts))
+    def __init__(self, width: int, directory: Path | None = None, *, keep_structures: bool = False) -> None:
+        kept = ["vectors", "atomic_numbers", *(["frac_coords", "lattice"] if keep_structures else [])]
+        super().__init__({name: _NUMPY[name] for name in kept}, directory)
+        self.width = width
 
     def add(
         self,
@@ -193,23 +183,14 @@ class EmbeddingStoreWriter:
         if not len(atomic_numbers):
             return
         arrays: dict[str, np.ndarray] = {
-            "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.width),
-            "atomic_numbers": np.ascontiguousarray(np.concatenate(atomic_numbers), dtype=np.int64),
+            "vectors": np.asarray(vectors, dtype=np.float32).reshape(-1, self.width),
+            "atomic_numbers": np.concatenate(atomic_numbers),
         }
         if "lattice" in self._chunks:
-            arrays["frac_coords"] = np.ascontiguousarray(np.concatenate(frac_coords), dtype=np.float64)
-            arrays["lattice"] = np.ascontiguousarray(np.stack(lattices), dtype=np.float64)
-        self._node_counts.append(np.array([len(z) for z in atomic_numbers], dtype=np.int64))
-        self._finite.append(np.isfinite(arrays["vectors"]).all(axis=1))
-        for name, array in arrays.items():
-            if self.directory is None:
-                self._chunks[name].append(array)
-            else:
-                with (self.directory / name).open("ab") as out:
-                    out.write(array.tobytes())
-
-    def finite(self) -> np.ndarray:
-        return np.concatenate(self._finite) if self._finite else np.zeros(0, dtype=bool)
+            arrays["frac_coords"] = np.concatenate(frac_coords)
+            arrays["lattice"] = np.stack(lattices)
+        node_counts = np.array([len(z) for z in atomic_numbers], dtype=np.int64)
+        self._append(arrays, node_counts, np.isfinite(arrays["vectors"]).all(axis=1))
 
     def pointers(self) -> dict[str, torch.Tensor]:
         counts = np.concatenate(self._node_counts) if self._node_counts else np.zeros(0, dtype=np.int64)
@@ -217,41 +198,20 @@ class EmbeddingStoreWriter:
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         atoms = int(sum(c.sum() for c in self._node_counts))
-        return {
+        shapes = {
             "vectors": (len(self), self.width),
             "atomic_numbers": (atoms,),
             "frac_coords": (atoms, 3),
             "lattice": (len(self), 3, 3),
         }
-
-    def has_files_for(self, store: GraphStore | EmbeddingStore | None) -> bool:
-        """Whether ``store`` is this writer's, written to files (so its parts can be streamed)."""
-        return (
-            self.directory is not None
-            and isinstance(store, EmbeddingStore)
-            and len(self) > 0
-            and len(store) == len(self)
-        )
-
-    def parts(self) -> dict[str, tuple[np.dtype, tuple[int, ...], Path]]:
-        """Each raw file with its dtype and shape (for streaming into a cache file)."""
-        if self.directory is None:
-            raise ValueError("an in-memory writer has no files")
-        shapes = self._shapes()
-        return {name: (_NUMPY[name], shapes[name], self.directory / name) for name in self._chunks}
+        return {name: shapes[name] for name in self._chunks}
 
     def store(self) -> EmbeddingStore:
         """Every crystal added: memory-mapped from the files, or joined in memory."""
         shapes = self._shapes()
-        tensors = {}
-        for name in self._chunks:
-            dtype = _NUMPY[name]
-            if self.directory is None or np.prod(shapes[name]) == 0:
-                chunks = self._chunks[name]
-                array = np.concatenate(chunks) if chunks else np.zeros(shapes[name], dtype=dtype)
-            else:
-                array = np.memmap(self.directory / name, dtype=dtype, mode="c", shape=shapes[name])
-            tensors[name] = torch.from_numpy(np.asarray(array).reshape(shapes[name]))
+        tensors = {
+            name: torch.from_numpy(np.asarray(a).reshape(shapes[name])) for name, a in self._arrays().items()
+        }
         return EmbeddingStore({**tensors, **self.pointers()})
 
 

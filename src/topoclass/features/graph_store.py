@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from topoclass.features.chunked_writer import ChunkedWriter
 from topoclass.features.graph import CrystalGraph, cell_facts_from_counts
 from topoclass.features.spectral import Spectrum
 
 if TYPE_CHECKING:
     import torch
 
-    from topoclass.features.embedding_store import EmbeddingStore
 
 ARRAY_DTYPES: dict[str, np.dtype] = {
     "atomic_numbers": np.dtype(np.int64),
@@ -234,7 +234,7 @@ _PARTS: dict[str, np.dtype] = {
 }
 
 
-class GraphStoreWriter:
+class GraphStoreWriter(ChunkedWriter):
     """Graphs packed chunk by chunk, in memory or appended to raw files in ``directory``.
 
     Featurizing a dataset of any size then holds one chunk of graphs at a time: on disk,
@@ -242,20 +242,12 @@ class GraphStoreWriter:
     finished parts become the cache file (:meth:`parts`) or a store (:meth:`store`).
     """
 
-    def __init__(self, spectral_k: int, directory: Path | None = None) -> None:
-        self.spectral_k = spectral_k
-        self.directory = directory
-        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in _PARTS}
-        self._node_counts: list[np.ndarray] = []
-        self._edge_counts: list[np.ndarray] = []
-        self._finite: list[np.ndarray] = []
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            for name in _PARTS:
-                (directory / name).write_bytes(b"")
+    store_type = GraphStore
 
-    def __len__(self) -> int:
-        return int(sum(len(counts) for counts in self._node_counts))
+    def __init__(self, spectral_k: int, directory: Path | None = None) -> None:
+        super().__init__(_PARTS, directory)
+        self.spectral_k = spectral_k
+        self._edge_counts: list[np.ndarray] = []
 
     def add(self, graphs: Sequence[CrystalGraph], spectra: Sequence[Spectrum]) -> None:
         """Pack and keep one chunk of graphs with their spectra (same order)."""
@@ -272,20 +264,13 @@ class GraphStoreWriter:
         }
         node_counts = np.array([g.num_nodes for g in graphs], dtype=np.int64)
         edge_counts = np.array([g.num_edges for g in graphs], dtype=np.int64)
-        self._node_counts.append(node_counts)
         self._edge_counts.append(edge_counts)
-        self._finite.append(
+        finite = (
             np.isfinite(arrays["eigenvalues"]).all(axis=1)
             & _all_per_graph(np.isfinite(arrays["eigenvectors"]).all(axis=1), node_counts)
             & _all_per_graph(np.isfinite(arrays["edge_distance"]), edge_counts)
         )
-        for name, array in arrays.items():
-            array = np.ascontiguousarray(array, dtype=_PARTS[name])
-            if self.directory is None:
-                self._chunks[name].append(array)
-            else:
-                with (self.directory / name).open("ab") as out:
-                    out.write(array.tobytes())
+        self._append(arrays, node_counts, finite)
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         nodes = int(sum(c.sum() for c in self._node_counts))
@@ -308,48 +293,16 @@ class GraphStoreWriter:
             ptrs[name] = _pointer(np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64))
         return ptrs
 
-    def finite(self) -> np.ndarray:
-        """Whether each graph added holds only finite distances and spectra, [len(self)] bool.
-
-        Known from each chunk as it is added: checking a store on disk afterwards would page
-        every graph of the dataset into memory.
-        """
-        return np.concatenate(self._finite) if self._finite else np.zeros(0, dtype=bool)
-
-    def has_files_for(self, store: GraphStore | EmbeddingStore | None) -> bool:
-        """Whether ``store`` is this writer's, written to files (so its parts can be streamed)."""
-        return (
-            self.directory is not None
-            and isinstance(store, GraphStore)
-            and len(self) > 0
-            and len(store) == len(self)
-        )
-
-    def parts(self) -> dict[str, tuple[np.dtype, tuple[int, ...], Path]]:
-        """Each raw file on disk with its dtype and shape (for streaming into a cache file)."""
-        if self.directory is None:
-            raise ValueError("an in-memory writer has no files")
-        shapes = self._shapes()
-        return {name: (dtype, shapes[name], self.directory / name) for name, dtype in _PARTS.items()}
-
     def store(self) -> GraphStore:
         """A store of every graph added: read from the raw files (memory-mapped) or joined in memory."""
-        shapes = self._shapes()
-        arrays = {}
-        for name, dtype in _PARTS.items():
-            if self.directory is None:
-                chunks = self._chunks[name]
-                arrays[name] = np.concatenate(chunks) if chunks else np.zeros(shapes[name], dtype=dtype)
-            elif np.prod(shapes[name]) == 0:
-                arrays[name] = np.zeros(shapes[name], dtype=dtype)
-            else:
-                arrays[name] = np.memmap(self.directory / name, dtype=dtype, mode="c", shape=shapes[name])
+        arrays = self._arrays()
+        edges = len(arrays["edge_source"])
         packed = {name: a for name, a in arrays.items() if not name.startswith("edge_")}
         packed["edge_distance"] = arrays["edge_distance"]
-        if self.directory is None or shapes["edge_source"][0] == 0:
+        if self.directory is None or edges == 0:
             packed["edge_index"] = np.stack([arrays["edge_source"], arrays["edge_target"]])
         else:
-            packed["edge_index"] = _joined_edge_file(self.directory, shapes["edge_source"][0])
+            packed["edge_index"] = _joined_edge_file(self.directory, edges)
         return GraphStore({**packed, **self.pointers()})
 
 
