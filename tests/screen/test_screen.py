@@ -158,3 +158,18 @@ def test_bad_shards_and_classes_are_refused_in_one_line(model, inputs, tmp_path)
         model.screen(inputs, tmp_path / "a", shard="3/3")
     with pytest.raises(ConfigError, match="no task has a class 'TCI'"):
         model.screen(inputs, tmp_path / "b", rank=["TCI"])
+
+
+def test_a_screen_runs_network_and_trees_in_turn_on_one_core(model, inputs, tmp_path, monkeypatch):
+    # Where a prediction would compute the network in a second thread, a screen does not: its
+    # node's cores belong to its shards.
+    from topoclass.app import predict
+
+    def no_second_thread(*args, **kwargs):
+        raise AssertionError("a screen started a second thread")
+
+    monkeypatch.setattr(predict, "OVERLAP_ROWS", 1)
+    monkeypatch.setattr(predict, "_cpus", lambda: 2)
+    monkeypatch.setattr(predict, "ThreadPoolExecutor", no_second_thread)
+    summary = model.screen(inputs[:1], tmp_path / "out", chunk_size=4)
+    assert (summary["counts"]["screened"], summary["counts"]["skipped"]) == (6, 1)

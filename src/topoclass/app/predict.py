@@ -128,15 +128,18 @@ def predict_materials(
 
 
 def prediction_rows(
-    run: TrainedRun, features: FeatureArrays, *, predictor: str | None = None
+    run: TrainedRun, features: FeatureArrays, *, predictor: str | None = None, overlap: bool = True
 ) -> list[dict[str, Any]]:
     """One row per material of ``features``: id, formula, space group, and per task the answer,
-    its probabilities and the source that gave it. The one call from features to answers."""
+    its probabilities and the source that gave it. The one call from features to answers.
+
+    ``overlap``: the network may run in a second thread beside the trees (see
+    :func:`_network_outputs`); a screen, which runs one process per core, says no."""
     probabilities, decisions, sources = predictions_for(
         run.serving,
         run.tasks,
         features,
-        _network_outputs(run, features),
+        _network_outputs(run, features) if overlap else run.network.outputs(features),
         use_structure=run.config.data.use_structure,
         predictor=predictor,
     )

@@ -251,7 +251,8 @@ def screen_chunk(
     answered: dict[int, dict[str, Any]] = {}
     if features is not None:
         flags = _flags(features, domain, settings)
-        answers = prediction_rows(run, features, predictor=settings.predictor)
+        # The network and the trees in turn: a screen fills a node with processes, one per core.
+        answers = prediction_rows(run, features, predictor=settings.predictor, overlap=False)
         for j, row in enumerate(answers):
             answered[int(row["id"])] = {**row, **{name: values[j] for name, values in flags.items()}}
     rows = []
