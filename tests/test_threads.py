@@ -44,6 +44,9 @@ def test_torchrun_processes_share_the_node_without_being_told(machine):
     # A screen or a prediction under torchrun: each process gets its part of the node.
     machine.setenv("LOCAL_WORLD_SIZE", "4")
     assert threads.node_processes() == 4
+    machine.delenv("LOCAL_WORLD_SIZE")
+    assert threads.node_processes() is None and threads.cpu_share() == 16
+    machine.setenv("LOCAL_WORLD_SIZE", "4")
     assert threads.choose_threads(0)[0] == 3  # 16 // 4, one left on a shared machine
     assert threads.cpu_share() == 4
     machine.setenv("LOCAL_WORLD_SIZE", "32")

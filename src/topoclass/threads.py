@@ -61,18 +61,18 @@ def _cgroup_quota() -> int | None:
     return None
 
 
-def node_processes() -> int:
-    """Processes of this job on this node, as torchrun or Slurm say (1 when neither does)."""
+def node_processes() -> int | None:
+    """Processes of this job on this node, as torchrun or Slurm say (None when neither does)."""
     for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
         value = os.environ.get(key, "")
         if value.isdigit() and int(value) > 0:
             return int(value)
-    return 1
+    return None
 
 
 def cpu_share() -> int:
     """The CPUs this process may count on: those available, shared among the job's processes here."""
-    return max(1, available_cpus()[0] // node_processes())
+    return max(1, available_cpus()[0] // (node_processes() or 1))
 
 
 def choose_threads(setting: int, local_processes: int | None = None) -> tuple[int, str]:
@@ -81,7 +81,7 @@ def choose_threads(setting: int, local_processes: int | None = None) -> tuple[in
     if setting > 0:
         return setting, "train.num_threads"
     if local_processes is None:
-        local_processes = node_processes()
+        local_processes = node_processes() or 1
     cpus, given = available_cpus()
     share = max(1, cpus // max(local_processes, 1))
     if given:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -136,8 +135,10 @@ def _run(
 
 def _local_processes(group: ProcessGroup) -> int:
     """Processes of this job on this node (torchrun and Slurm say how many; else all of the group)."""
-    said = any(os.environ.get(key, "").isdigit() for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"))
-    return node_processes() if said or not group.distributed else group.world_size
+    said = node_processes()
+    if said is not None:
+        return said
+    return group.world_size if group.distributed else 1
 
 
 def _quiet(group: ProcessGroup) -> None:
