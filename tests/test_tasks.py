@@ -99,11 +99,15 @@ def test_regression_strata_are_quantile_bins_and_missing():
     assert len(set(strata)) >= 4
 
 
-def test_output_width_and_prediction_row_by_type():
+def test_output_width_and_prediction_columns_by_type():
     classes = TaskConfig(name="c", classes=["x", "y", "z"])
     number = TaskConfig(name="v", type="regression")
     assert task_type(classes).output_width(classes) == 3 and task_type(number).output_width(number) == 1
-    probabilities = task_type(classes).predictions(torch.tensor([[0.0, 2.0, 0.0]]))
-    row = task_type(classes).prediction_row(classes, probabilities[0], 2)  # the decision, not the argmax
-    assert row["c"] == "z" and sum(row[f"c:p({k})"] for k in "xyz") == pytest.approx(1.0, abs=1e-5)
-    assert task_type(number).prediction_row(number, np.float32(1.0), np.float32(1.25)) == {"v": 1.25}
+    probabilities = task_type(classes).predictions(torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]))
+    # The decisions, not the argmax; probabilities rounded as Python rounds each one.
+    columns = task_type(classes).prediction_columns(classes, probabilities, np.array([2, 0]))
+    assert list(columns) == ["c", "c:p(x)", "c:p(y)", "c:p(z)"] and columns["c"] == ["z", "x"]
+    assert columns["c:p(y)"] == [round(float(p), 6) for p in probabilities[:, 1]]
+    assert sum(columns[f"c:p({k})"][0] for k in "xyz") == pytest.approx(1.0, abs=1e-5)
+    values = task_type(number).prediction_columns(number, np.ones(2, np.float32), np.float32([1.25, -3]))
+    assert values == {"v": [1.25, -3.0]}

@@ -76,3 +76,27 @@ def test_the_cgroup_v2_quota_is_read(tmp_path, monkeypatch):
     assert threads._cgroup_quota() == 3
     cpu_max.write_text("max 100000\n")
     assert threads._cgroup_quota() is None
+
+
+def test_quick_switches_lower_the_interval_until_the_last_overlapping_block_ends():
+    import sys
+    import threading
+
+    default = sys.getswitchinterval()
+    assert default > threads.SWITCH_INTERVAL_S
+    inside, release = threading.Event(), threading.Event()
+
+    def other_block() -> None:
+        with threads.quick_switches():
+            inside.set()
+            release.wait(10)
+
+    with threads.quick_switches():
+        assert sys.getswitchinterval() == pytest.approx(threads.SWITCH_INTERVAL_S)
+        other = threading.Thread(target=other_block)
+        other.start()
+        assert inside.wait(10)
+    assert sys.getswitchinterval() == pytest.approx(threads.SWITCH_INTERVAL_S)  # the other block still runs
+    release.set()
+    other.join(10)
+    assert sys.getswitchinterval() == default

@@ -185,9 +185,10 @@ class PredictionTable:
         """The answered rows as CSV text, without the ``skipped`` column."""
         columns = [column for column in self.columns if column != "skipped"]
         text = io.StringIO()
-        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(row for row in self.rows if not row["skipped"])
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(columns)
+        answered = (row for row in self.rows if not row["skipped"])
+        writer.writerows([row.get(column, "") for column in columns] for row in answered)
         return text.getvalue()
 
 

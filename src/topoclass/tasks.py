@@ -99,8 +99,11 @@ class TaskType(ABC):
         """A stratum per label for stratified splitting; 'missing' for None."""
 
     @abstractmethod
-    def prediction_row(self, task: TaskConfig, prediction: np.ndarray, decision: Any) -> dict[str, Any]:
-        """The columns one material's prediction (and the decision taken on it) add to a predictions table."""
+    def prediction_columns(
+        self, task: TaskConfig, predictions: np.ndarray, decisions: np.ndarray
+    ) -> dict[str, list[Any]]:
+        """The columns the materials' predictions (and the decisions taken on them) add to a
+        predictions table, a value per material in each."""
 
     @abstractmethod
     def tree_model(self, params: dict[str, Any]) -> Any:
@@ -215,13 +218,15 @@ class Classification(TaskType):
     def strata(self, values: Sequence[LabelValue]) -> list[str]:
         return ["missing" if value is None else str(value) for value in values]
 
-    def prediction_row(self, task: TaskConfig, prediction: np.ndarray, decision: Any) -> dict[str, Any]:
+    def prediction_columns(
+        self, task: TaskConfig, predictions: np.ndarray, decisions: np.ndarray
+    ) -> dict[str, list[Any]]:
         classes = task.classes or []
-        row: dict[str, Any] = {task.name: classes[int(decision)]}
-        row.update(
-            {f"{task.name}:p({c})": round(float(p), 6) for c, p in zip(classes, prediction, strict=True)}
-        )
-        return row
+        columns: dict[str, list[Any]] = {task.name: [classes[decision] for decision in decisions.tolist()]}
+        # Python floats, rounded as Python rounds (correctly, unlike numpy's scaled rounding).
+        for c, probabilities in zip(classes, predictions.T.tolist(), strict=True):
+            columns[f"{task.name}:p({c})"] = [round(p, 6) for p in probabilities]
+        return columns
 
     def tree_model(self, params: dict[str, Any]) -> Any:
         import lightgbm
@@ -300,8 +305,10 @@ class Regression(TaskType):
         edges = np.quantile(np.asarray(present), np.linspace(0, 1, REGRESSION_STRATA + 1)[1:-1])
         return ["missing" if v is None else f"bin{int(np.searchsorted(edges, float(v)))}" for v in values]
 
-    def prediction_row(self, task: TaskConfig, prediction: np.ndarray, decision: Any) -> dict[str, Any]:
-        return {task.name: float(decision)}
+    def prediction_columns(
+        self, task: TaskConfig, predictions: np.ndarray, decisions: np.ndarray
+    ) -> dict[str, list[Any]]:
+        return {task.name: np.asarray(decisions, dtype=float).tolist()}
 
     def tree_model(self, params: dict[str, Any]) -> Any:
         import lightgbm

@@ -247,28 +247,49 @@ def test_batches_group_formulas_by_element_count(monkeypatch):
     ] == [1, 3, 3]
 
 
-def test_a_table_computes_the_network_beside_the_trees_with_the_same_answers(monkeypatch):
+def test_a_table_shares_its_work_with_a_second_thread_and_gets_the_same_answers(monkeypatch):
     import threading
 
     from topoclass.app import predict
 
     run = load_run(bundled_model_dir("tang2019"))
-    assert isinstance(run.network, OnnxNetwork) and run.network.overlaps
+    assert isinstance(run.network, OnnxNetwork) and run.network.overlaps and run.serving is not None
     formulas = ["Bi2Se3", "NaCl", "SnTe", "Cu", "Bi", "PbTe", "HgTe", "ZrTe5"] * 40
     materials = [Material(id=str(i), formula=f, spacegroup=166 + i % 60) for i, f in enumerate(formulas)]
-    features, _ = featurize_materials(materials, run.tasks, run.config.data)
-    assert features is not None and len(features) >= predict.OVERLAP_ROWS
-    threads: list[str] = []
-    compute = run.network.outputs
+    materials[130] = Material(id="130", formula="Qq2", spacegroup=1)  # skipped, in the second part
+    assert len(materials) >= predict.OVERLAP_ROWS
+    network_calls: list[tuple[str, int]] = []
+    tree_calls: list[tuple[str, str]] = []
+    compute, trees = run.network.outputs, run.serving.tree_outputs
 
-    def recorded(arrays: FeatureArrays) -> dict[str, np.ndarray]:
-        threads.append(threading.current_thread().name)
+    def network(arrays: FeatureArrays) -> dict[str, np.ndarray]:
+        network_calls.append((threading.current_thread().name, len(arrays)))
         return compute(arrays)
 
-    monkeypatch.setattr(run.network, "outputs", recorded)
+    def tree_outputs(tasks, arrays: FeatureArrays, **kwargs):
+        tree_calls.append((threading.current_thread().name, arrays.ids[0]))
+        return trees(tasks, arrays, **kwargs)
+
+    monkeypatch.setattr(run.network, "outputs", network)
+    monkeypatch.setattr(run.serving, "tree_outputs", tree_outputs)
+    monkeypatch.setattr(predict, "PART_ROWS", 100)
     monkeypatch.setattr(predict, "_cpus", lambda: 2)
-    beside = predict.prediction_rows(run, features)
+    shared = predict.predict_materials(run, materials)
+    main = threading.current_thread().name
+    assert [(name != main, rows) for name, rows in network_calls] == [
+        (True, 100),
+        (True, 99),
+        (True, 100),
+        (True, 20),
+    ]
+    assert sorted(first for _, first in tree_calls) == ["0", "100", "200", "300"]  # each part once
+    assert (main, "0") in tree_calls  # this thread starts from the first part, the other from the last
+    network_calls.clear()
+    tree_calls.clear()
     monkeypatch.setattr(predict, "_cpus", lambda: 1)
-    in_turn = predict.prediction_rows(run, features)
-    assert threads[0].startswith("topoclass-network") and threads[1] == threading.current_thread().name
-    assert beside == in_turn
+    in_turn = predict.predict_materials(run, materials)
+    assert network_calls == [(main, 319)] and tree_calls == [(main, "0")]
+    assert shared.rows == in_turn.rows and [row["id"] for row in shared.rows] == [
+        str(i) for i in range(320) if i != 130
+    ]
+    assert [reject.id for reject in shared.skipped] == [reject.id for reject in in_turn.skipped] == ["130"]

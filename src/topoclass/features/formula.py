@@ -16,6 +16,7 @@ itself; tests/features/test_formula.py checks every formula of the bundled data 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -43,11 +44,12 @@ class ParsedFormula:
 def parse_formula(formula: str) -> ParsedFormula:
     """The parsed facts of ``formula`` (cached, about 0.6 kB each; raises as pymatgen does)."""
     parsed = Composition(formula)
-    not_elements = tuple(str(s) for s, _ in parsed.items() if not isinstance(s, Element))
+    items = list(parsed.items())  # each item costs pymatgen a lookup: taken once
+    not_elements = tuple(str(s) for s, _ in items if not isinstance(s, Element))
     if parsed.num_atoms <= 0 or not_elements:
         return ParsedFormula(b"", (), 0, 0, parsed.num_atoms, 0.0, (), _alphabetical(parsed), not_elements)
-    # items(), not values(): pymatgen's values() looks every element up again. All are elements here.
-    pairs = [(element, amount) for element, amount in parsed.items() if isinstance(element, Element)]
+    # All are elements here (narrowed for the type checker).
+    pairs = [(element, amount) for element, amount in items if isinstance(element, Element)]
     elements, amounts = [element for element, _ in pairs], [amount for _, amount in pairs]
     factor = _reduction_factor(elements, amounts)
     if factor == 0:
@@ -56,16 +58,15 @@ def parse_formula(formula: str) -> ParsedFormula:
     fractions = [amount / parsed.num_atoms for amount in amounts]
     if min(map(abs, reduced + fractions)) < Composition.amount_tolerance:
         return _parsed_by_pymatgen(parsed)  # an amount pymatgen would drop
+    numbers = [element.Z for element in elements]
     return ParsedFormula(
-        atomic_numbers=bytes(element.Z for element in elements),
-        fractions=tuple(float(fraction) for fraction in fractions),
-        electrons=round(sum(element.Z * amount for element, amount in zip(elements, amounts, strict=True))),
-        reduced_electrons=round(
-            sum(element.Z * amount for element, amount in zip(elements, reduced, strict=True))
-        ),
+        atomic_numbers=bytes(numbers),
+        fractions=tuple(map(float, fractions)),
+        electrons=round(sum(map(operator.mul, numbers, amounts))),
+        reduced_electrons=round(sum(map(operator.mul, numbers, reduced))),
         num_atoms=parsed.num_atoms,
         reduced_num_atoms=_atom_count(reduced),
-        reduced_counts=tuple(sorted(round(amount) for amount in reduced)),
+        reduced_counts=tuple(sorted(map(round, reduced))),
         reduced_formula=" ".join(
             sorted(
                 f"{element.symbol}{formula_double_format(amount, ignore_ones=False)}"
@@ -79,17 +80,18 @@ def parse_formula(formula: str) -> ParsedFormula:
 def _reduction_factor(elements: list[Element], amounts: list[float]) -> int:
     """What pymatgen divides a composition by to reduce it: the greatest common divisor of whole
     amounts, 1 where one is not whole; 0 for its special formulas, which it reduces otherwise."""
-    rounded = [round(amount) for amount in amounts]
-    if any(
-        abs(amount - whole) >= Composition.amount_tolerance
-        for amount, whole in zip(amounts, rounded, strict=True)
-    ):
-        return 1
+    rounded = list(map(round, amounts))
+    for amount, whole in zip(amounts, rounded, strict=True):
+        if abs(amount - whole) >= Composition.amount_tolerance:
+            return 1
     factor = math.gcd(*rounded)
+    specials = _special_formulas()
+    if len(elements) > max(map(len, specials)):
+        return factor
     reduced = frozenset(
         (element.symbol, whole // factor) for element, whole in zip(elements, rounded, strict=True)
     )
-    return 0 if reduced in _special_formulas() else factor
+    return 0 if reduced in specials else factor
 
 
 @cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,12 @@ logger = logging.getLogger(__name__)
 SOURCES = ("network", "trees", "blend")
 EPS = 1e-12
 
-# A network's raw outputs per task, or a call that returns them once computed (elsewhere, meanwhile).
-NetworkOutputs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+# A source's outputs per task (the network's raw ones, the trees' probabilities), or a call that
+# returns them once computed (elsewhere, meanwhile).
+Outputs = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
-def resolved(outputs: NetworkOutputs) -> Mapping[str, Any]:
+def resolved(outputs: Outputs) -> Mapping[str, Any]:
     """The outputs themselves (waiting for them when given a call)."""
     return outputs() if callable(outputs) else outputs
 
@@ -57,31 +59,47 @@ class Serving:
     rules: dict[str, TaskRule]
     tree_models: dict[str, Any] | Callable[[], dict[str, Any]]  # or how to load them when first needed
     use_cell_facts: bool
+    _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def trees(self) -> dict[str, Any]:
         """The LightGBM boosters per task (parsed on first use: the network alone does not need them)."""
-        if callable(self.tree_models):
-            self.tree_models = self.tree_models()
-        return self.tree_models
+        with self._loading:  # two threads may ask first
+            if callable(self.tree_models):
+                self.tree_models = self.tree_models()
+            return self.tree_models
+
+    def choice(self, tasks: list[TaskConfig], predictor: str | None = None) -> dict[str, str]:
+        """The source that serves each task: its rule's, or ``predictor`` for all."""
+        return {task.name: predictor or self.rules[task.name].predictor for task in tasks}
+
+    def tree_outputs(
+        self, tasks: list[TaskConfig], features: FeatureArrays, *, use_structure: bool
+    ) -> Mapping[str, np.ndarray]:
+        """The trees' probabilities (or values) per task, uncalibrated."""
+        x = tree_inputs(features, use_structure=use_structure, with_cell_facts=self.use_cell_facts)
+        return {task.name: tree_predictions(task, self.trees[task.name], x) for task in tasks}
 
     def source_outputs(
         self,
         tasks: list[TaskConfig],
         features: FeatureArrays,
-        network: NetworkOutputs,
+        network: Outputs,
         *,
         use_structure: bool,
         only: dict[str, str] | None = None,
+        trees: Outputs | None = None,
     ) -> dict[str, dict[str, np.ndarray]]:
         """Calibrated probabilities (or values) of each source, per task (with ``only``, of just the
         source given per task: the trees are not needed to serve the network). ``network``: the
-        network's raw outputs, or a call that waits for them; the trees predict before it is made."""
-        need_trees = only is None or any(source != "network" for source in only.values())
-        tree_outputs: dict[str, np.ndarray] = {}
-        if need_trees:
-            x = tree_inputs(features, use_structure=use_structure, with_cell_facts=self.use_cell_facts)
-            tree_outputs = {task.name: tree_predictions(task, self.trees[task.name], x) for task in tasks}
+        network's raw outputs, or a call that waits for them; the trees predict before it is made.
+        ``trees``: their :meth:`tree_outputs`, or a call for them, where computed elsewhere."""
+        need_trees = only is None or reads_trees(only)
+        tree_outputs: Mapping[str, Any] = {}
+        if need_trees and trees is not None:
+            tree_outputs = resolved(trees)
+        elif need_trees:
+            tree_outputs = self.tree_outputs(tasks, features, use_structure=use_structure)
         network = resolved(network)  # the trees went first: the network may be computing meanwhile
         out: dict[str, dict[str, np.ndarray]] = {}
         for task in tasks:
@@ -92,13 +110,13 @@ class Serving:
                     net = apply_temperature(net, rule.temperature["network"])
                 out[task.name] = {"network": net}
                 continue
-            trees = tree_outputs[task.name]
+            raw_trees = tree_outputs[task.name]
             if task.type != "classification":
-                blend = rule.blend_weight * network[task.name] + (1 - rule.blend_weight) * trees
-                out[task.name] = {"network": network[task.name], "trees": trees, "blend": blend}
+                blend = rule.blend_weight * network[task.name] + (1 - rule.blend_weight) * raw_trees
+                out[task.name] = {"network": network[task.name], "trees": raw_trees, "blend": blend}
                 continue
             net = apply_temperature(network[task.name], rule.temperature["network"])
-            tree = apply_temperature(np.log(np.clip(trees, EPS, 1)), rule.temperature["trees"])
+            tree = apply_temperature(np.log(np.clip(raw_trees, EPS, 1)), rule.temperature["trees"])
             pool = rule.blend_weight * net + (1 - rule.blend_weight) * tree
             blend = apply_temperature(np.log(np.clip(pool, EPS, 1)), rule.temperature["blend"])
             out[task.name] = {"network": net, "trees": tree, "blend": blend}
@@ -123,6 +141,11 @@ class Serving:
                 scores = np.where(allowed, scores, -np.inf)
             decisions[task.name] = scores.argmax(axis=1)
         return decisions
+
+
+def reads_trees(choice: Mapping[str, str]) -> bool:
+    """Whether serving by ``choice`` (a source per task) needs the trees."""
+    return any(source != "network" for source in choice.values())
 
 
 def not_applicable(tasks: list[TaskConfig], decisions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -188,14 +211,15 @@ def predictions_for(
     serving: Serving | None,
     tasks: list[TaskConfig],
     features: FeatureArrays,
-    network_outputs: NetworkOutputs,
+    network_outputs: Outputs,
     *,
     use_structure: bool,
     predictor: str | None = None,
+    trees: Outputs | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
     """Served probabilities (or values), decisions and the source used, per task.
 
-    ``network_outputs``: the network's raw outputs, or a call that waits for them (see
+    ``network_outputs``, ``trees``: the sources' outputs, or calls that wait for them (see
     :meth:`Serving.source_outputs`). Without serving rules (a run from before them), the
     network's softmax and argmax.
     """
@@ -220,7 +244,9 @@ def predictions_for(
             for t in tasks
         }
         return probabilities, decisions, {t.name: "network" for t in tasks}
-    choice = {t.name: predictor or serving.rules[t.name].predictor for t in tasks}
-    outputs = serving.source_outputs(tasks, features, network, use_structure=use_structure, only=choice)
+    choice = serving.choice(tasks, predictor)
+    outputs = serving.source_outputs(
+        tasks, features, network, use_structure=use_structure, only=choice, trees=trees
+    )
     decisions = serving.decide(tasks, outputs, choice)
     return {t.name: outputs[t.name][choice[t.name]] for t in tasks}, decisions, choice

@@ -252,7 +252,7 @@ def screen_chunk(
     if features is not None:
         flags = _flags(features, domain, settings)
         # The network and the trees in turn: a screen fills a node with processes, one per core.
-        answers = prediction_rows(run, features, predictor=settings.predictor, overlap=False)
+        answers = prediction_rows(run, features, predictor=settings.predictor)
         for j, row in enumerate(answers):
             answered[int(row["id"])] = {**row, **{name: values[j] for name, values in flags.items()}}
     rows = []
