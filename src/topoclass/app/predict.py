@@ -58,8 +58,8 @@ class Network(Protocol):
     """What predicts a run's raw outputs: the PyTorch model or its ONNX export."""
 
     name: str
-    # Whether its outputs may be computed in a second thread while the trees predict: it runs on
-    # one thread and leaves Python's lock while it computes.
+    # Whether its outputs may be computed in a second thread while this one featurizes and the
+    # trees predict: it runs on one thread and leaves Python's lock while it computes.
     overlaps: bool
 
     def outputs(self, features: FeatureArrays) -> dict[str, np.ndarray]:
@@ -157,7 +157,6 @@ def _predict_in_two_threads(run: TrainedRun, materials: list[Material], predicto
     size = len(materials) if any(m.structure for m in materials) else PART_ROWS
     featurized: list[FeatureArrays] = []
     network_calls: list[Outputs] = []
-    tree_calls: list[Outputs | None] = []
     skipped: list[Reject] = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topoclass-network")
     try:
@@ -169,13 +168,13 @@ def _predict_in_two_threads(run: TrainedRun, materials: list[Material], predicto
                 if features is not None:
                     featurized.append(features)
                     network_calls.append(pool.submit(run.network.outputs, features).result)
-            tree_calls = [None] * len(featurized)
+            tree_calls: list[Outputs | None] = [None] * len(featurized)
             serving = run.serving
             if serving is not None and reads_trees(serving.choice(run.tasks, predictor)):
                 trees = partial(serving.tree_outputs, run.tasks, use_structure=run.config.data.use_structure)
                 jobs = {i: pool.submit(trees, featurized[i]) for i in reversed(range(len(featurized)))}
                 tree_calls = [_first_come(jobs[i], partial(trees, part)) for i, part in enumerate(featurized)]
-            rows = []
+            rows: list[dict[str, Any]] = []
             for features, network, tree_call in zip(featurized, network_calls, tree_calls, strict=True):
                 rows.extend(prediction_rows(run, features, network, trees=tree_call, predictor=predictor))
     finally:
