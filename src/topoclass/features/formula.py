@@ -85,8 +85,8 @@ def _reduction_factor(elements: list[Element], amounts: list[float]) -> int:
         if abs(amount - whole) >= Composition.amount_tolerance:
             return 1
     factor = math.gcd(*rounded)
-    specials = _special_formulas()
-    if len(elements) > max(map(len, specials)):
+    specials = _special_formulas().get(len(elements))
+    if specials is None:
         return factor
     reduced = frozenset(
         (element.symbol, whole // factor) for element, whole in zip(elements, rounded, strict=True)
@@ -95,12 +95,16 @@ def _reduction_factor(elements: list[Element], amounts: list[float]) -> int:
 
 
 @cache
-def _special_formulas() -> frozenset[frozenset[tuple[str, int]]]:
-    """The reduced formulas pymatgen keeps a factor of 2 in (Li2O2, H2, ...), as symbol counts."""
-    return frozenset(
-        frozenset((symbol, round(amount)) for symbol, amount in Composition(key).get_el_amt_dict().items())
-        for key in Composition.special_formulas
-    )
+def _special_formulas() -> dict[int, frozenset[frozenset[tuple[str, int]]]]:
+    """The reduced formulas pymatgen keeps a factor of 2 in (Li2O2, H2, ...), as symbol counts,
+    by their number of elements (a formula of another number of elements is none of them)."""
+    by_size: dict[int, set[frozenset[tuple[str, int]]]] = {}
+    for key in Composition.special_formulas:
+        counts = Composition(key).get_el_amt_dict()
+        by_size.setdefault(len(counts), set()).add(
+            frozenset((symbol, round(amount)) for symbol, amount in counts.items())
+        )
+    return {size: frozenset(formulas) for size, formulas in by_size.items()}
 
 
 def _atom_count(amounts: list[float]) -> float:
