@@ -224,8 +224,9 @@ def write_small_config(path: Path, table: Path, *, train: str, checkpoint: str =
     return path
 
 
-def make_trainer(prepared, tmp_path: Path, **train: object):
-    """A small trainer on the synthetic ``prepared`` data, checkpointing every epoch into ``tmp_path``."""
+def make_trainer(prepared, tmp_path: Path, settings: dict | None = None, **train: object):
+    """A small trainer on the synthetic ``prepared`` data (120 materials), checkpointing every epoch
+    into ``tmp_path``; ``settings`` are other config keys (``{"data.use_structure": True}``)."""
     from topoclass.checkpoint.manager import CheckpointManager
     from topoclass.config import load_config
     from topoclass.data.fingerprint import split_digest
@@ -242,6 +243,7 @@ def make_trainer(prepared, tmp_path: Path, **train: object):
         "checkpoint.every_epochs": 1,
         "checkpoint.every_minutes": 0,
         **{f"train.{key}": value for key, value in train.items()},
+        **(settings or {}),
     }
     config = load_config(None, overrides)
     n = len(prepared.features)

@@ -121,7 +121,7 @@ def featurize_structures(
     workers: int = 0,
     with_graphs: bool = True,
     progress: bool | None = None,
-    device: str | None = "auto",
+    device: str = "cpu",
     spectral_cache: SpectralCache | None = None,
     writer: GraphStoreWriter | None = None,
     chunk: int = 1024,
@@ -136,6 +136,7 @@ def featurize_structures(
     is computed once, through ``spectral_cache`` (default: one for this call only). The
     progress bar (default) is drawn only on a terminal: redrawn into a batch job's log it is
     thousands of lines of noise. A structure of more than ``max_atoms`` atoms (0: no limit) fails.
+    Spectra are solved on ``device`` (see :func:`laplacian_spectra`: the CPU unless told).
     """
     searches = [True] * len(refs) if find_spacegroup is None else list(find_spacegroup)
     if len(searches) != len(refs):

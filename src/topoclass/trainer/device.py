@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -45,3 +48,22 @@ def seed_everything(seed: int, *, deterministic: bool) -> None:
         # cuBLAS needs a fixed workspace to be deterministic; harmless on the CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def training_kernels(
+    device: torch.device, *, deterministic: bool
+) -> Callable[[], AbstractContextManager[None]]:
+    """The kernel choice around a training forward pass on ``device`` (a context to enter each time).
+
+    With deterministic kernels asked for on CUDA, attention runs PyTorch's math kernel. The fused
+    ones keep a non-deterministic backward while determinism is only warned about (seen on an
+    H200 with torch 2.11: the memory-efficient kernel in fp32, cuDNN's in bf16), and a strict
+    determinism setting would stop training at any operation that has no deterministic kernel.
+    The sequences are a formula's elements and a few modalities, so the math kernel costs little.
+    On the CPU nothing changes: its attention kernels are already reproducible.
+    """
+    if not (deterministic and device.type == "cuda"):
+        return contextlib.nullcontext
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return lambda: sdpa_kernel(SDPBackend.MATH)

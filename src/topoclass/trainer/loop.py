@@ -44,7 +44,7 @@ from topoclass.model.inference import move_batch, predictions, raw_outputs
 from topoclass.model.multitask import MultitaskModel
 from topoclass.tasks import score_tasks, task_type
 from topoclass.trainer.averaging import WeightAverage
-from topoclass.trainer.device import autocast_dtype, seed_everything
+from topoclass.trainer.device import autocast_dtype, seed_everything, training_kernels
 from topoclass.trainer.loss import MultitaskLoss
 from topoclass.trainer.schedule import LearningRateSchedule
 from topoclass.trainer.signals import StopRequest
@@ -173,6 +173,7 @@ class Trainer:
             patience=train.patience,
         )
         self.autocast = autocast_dtype(train.precision, self.device)
+        self.kernels = training_kernels(self.device, deterministic=train.deterministic)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
         self.loss = MultitaskLoss(
             features.tasks,
@@ -401,9 +402,10 @@ class Trainer:
                     for hook in STEP_HOOKS:
                         hook(self.state.global_step + 1, piece)
                     batch = move_batch(self.features.batch(piece, with_graphs=self.with_graphs), self.device)
-                    with torch.autocast(
+                    precision = torch.autocast(
                         self.device.type, dtype=self.autocast, enabled=self.autocast is not None
-                    ):
+                    )
+                    with precision, self.kernels():
                         outputs = self.network(batch)
                     loss, _ = self.loss(
                         {k: v.float() for k, v in outputs.items()},
