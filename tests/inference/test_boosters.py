@@ -12,7 +12,7 @@ from topoclass.api import bundled_model_dir
 from topoclass.inference.boosters import Booster, BoosterError
 
 
-def rows_for(model: lightgbm.Booster, n: int = 300, seed: int = 0) -> np.ndarray:
+def rows_for(model: lightgbm.Booster, n: int = 600, seed: int = 0) -> np.ndarray:
     """Random rows as wide as the model reads, a tenth of the entries missing (NaN)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(scale=3.0, size=(n, model.num_feature())).astype(np.float32)
@@ -28,7 +28,7 @@ def test_bundled_trees_predict_exactly_as_lightgbm(name):
         text = gzip.decompress(path.read_bytes()).decode()
         reference = lightgbm.Booster(model_str=text)
         x = rows_for(reference)
-        ours = Booster(text, threads=2).predict(x)
+        ours = Booster(text, threads=2).predict(x)  # 600 rows: two threads
         assert ours.shape == np.asarray(reference.predict(x)).shape
         np.testing.assert_array_equal(ours, reference.predict(x))
 
@@ -46,3 +46,13 @@ def test_regression_trees_predict_exactly_as_lightgbm():
 def test_a_damaged_model_text_is_refused_with_lightgbms_reason():
     with pytest.raises(BoosterError, match="LightGBM: "):
         Booster("tree\nversion=v4\nnot a model")
+
+
+def test_a_few_rows_are_predicted_on_one_thread_and_many_on_all_given():
+    text = gzip.decompress(
+        next((bundled_model_dir("tang2019") / "serving").glob("trees-*.txt.gz")).read_bytes()
+    )
+    booster = Booster(text.decode(), threads=4)
+    assert [booster.threads_for(rows) for rows in (0, 1, 50, 255)] == [1, 1, 1, 1]
+    assert [booster.threads_for(rows) for rows in (512, 767, 1024, 100_000)] == [2, 2, 4, 4]
+    assert Booster(text.decode(), threads=1).threads_for(100_000) == 1

@@ -247,6 +247,13 @@ def test_batches_group_formulas_by_element_count(monkeypatch):
     ] == [1, 3, 3]
 
 
+def test_idle_network_threads_wait_asleep():
+    run = load_run(bundled_model_dir("tang2019"))
+    assert isinstance(run.network, OnnxNetwork)
+    options = run.network._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_a_table_shares_its_work_with_a_second_thread_and_gets_the_same_answers(monkeypatch):
     import threading
 

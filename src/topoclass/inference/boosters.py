@@ -26,6 +26,7 @@ from topoclass.errors import TopoclassError
 
 _DTYPE_FLOAT32 = 0  # C_API_DTYPE_FLOAT32
 _PREDICT_NORMAL = 0  # C_API_PREDICT_NORMAL: probabilities (classification) or values
+ROWS_PER_THREAD = 256  # rows a prediction needs before each further thread pays for itself
 
 
 class BoosterError(TopoclassError):
@@ -75,6 +76,15 @@ class Booster:
         if getattr(self, "_handle", None) is not None and self._handle.value:
             _library().LGBM_BoosterFree(self._handle)
 
+    def threads_for(self, rows: int) -> int:
+        """Threads for predicting ``rows`` rows: one per ``ROWS_PER_THREAD``, at most ``threads``.
+
+        OpenMP's threads spin for a while after each call: for a few rows that costs more CPU
+        than the trees themselves (a server's batches), so a second thread starts paying at a
+        few hundred rows (``benchmarks/small_predictions.py``).
+        """
+        return max(1, min(self.threads, rows // ROWS_PER_THREAD))
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities [n, C] (binary: the probability of class 1, [n]) or values [n],
         as ``lightgbm.Booster.predict`` gives them for the same rows."""
@@ -94,7 +104,7 @@ class Booster:
                     ctypes.c_int(_PREDICT_NORMAL),
                     ctypes.c_int(0),  # from the first iteration
                     ctypes.c_int(-1),  # to the last
-                    ctypes.c_char_p(f"num_threads={self.threads}".encode()),
+                    ctypes.c_char_p(f"num_threads={self.threads_for(rows)}".encode()),
                     ctypes.byref(written),
                     out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
                 )

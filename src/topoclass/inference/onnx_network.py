@@ -105,6 +105,9 @@ class OnnxNetwork:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle pool threads wait asleep rather than spinning: between the small runs of a server
+        # or a screen, spinning cost more CPU than the runs themselves (benchmarks/small_predictions.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         names = list(record.weights)
         # Weights stored in half precision are widened as PyTorch's load_state_dict does (exactly).
         self._weights = [
