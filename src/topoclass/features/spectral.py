@@ -20,7 +20,7 @@ stored encodings reproducible (up to ties in magnitude); they remain defined onl
 sign-invariant encoder account for.
 
 Everything is NumPy (LAPACK's ``eigh``), so predicting from a structure needs no PyTorch;
-only a CUDA device, when training has PyTorch loaded, takes the batched ``eigh`` there.
+a CUDA device takes the batched ``eigh`` only when asked for by name.
 """
 
 from __future__ import annotations
