@@ -109,10 +109,9 @@ def test_a_real_out_of_memory_is_recovered_by_splitting_the_batch(prepared_cryst
 def backward_kernels(trainer) -> set[str]:
     """The autograd nodes a training forward pass records, by class name."""
     rows, _ = trainer.sampler.next_rows()
-    batch = move_batch(trainer.features.batch(rows, with_graphs=trainer.with_graphs), trainer.device)
-    precision = torch.autocast("cuda", dtype=trainer.autocast, enabled=trainer.autocast is not None)
-    with precision, trainer.kernels():
-        outputs = trainer.network(batch)
+    outputs = trainer.forward(
+        move_batch(trainer.features.batch(rows, with_graphs=trainer.with_graphs), trainer.device)
+    )
     names, seen, pending = set(), set(), [output.grad_fn for output in outputs.values()]
     while pending:
         node = pending.pop()

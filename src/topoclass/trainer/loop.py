@@ -384,6 +384,12 @@ class Trainer:
             self.averaged.update(self.model, self.state.global_step + 1)
         return loss, samples
 
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The network's outputs for a training batch, in the run's precision and kernels."""
+        precision = torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None)
+        with precision, self.kernels():
+            return self.network(batch)
+
     def _accumulate(
         self, rows: torch.Tensor, weight: torch.Tensor | None, normalizers: torch.Tensor
     ) -> float:
@@ -402,11 +408,7 @@ class Trainer:
                     for hook in STEP_HOOKS:
                         hook(self.state.global_step + 1, piece)
                     batch = move_batch(self.features.batch(piece, with_graphs=self.with_graphs), self.device)
-                    precision = torch.autocast(
-                        self.device.type, dtype=self.autocast, enabled=self.autocast is not None
-                    )
-                    with precision, self.kernels():
-                        outputs = self.network(batch)
+                    outputs = self.forward(batch)
                     loss, _ = self.loss(
                         {k: v.float() for k, v in outputs.items()},
                         batch["labels"],
