@@ -54,6 +54,11 @@ BATCH_SIZE = 256  # materials per run of the session: bounds memory; 64 to 1024 
 # run grows with its edges, and ONNX Runtime keeps what its largest run needed, so without this
 # bound the process's peak memory would follow the largest cells an input happens to hold.
 EDGE_BUDGET = 16_384
+# ONNX Runtime's graph rewrites left out. SkipLayerNormFusion merges each residual Add with the
+# LayerNormalization after it; on the CPU the fused kernel ran the transformers' narrow (128-wide)
+# rows at a fifth of the speed of the two ops it replaces: a 10,000-formula table's network took
+# 0.60 s instead of 0.73-0.78 s without it, crystal graphs alike (benchmarks/onnx_rewrites.py).
+UNFUSED = ("SkipLayerNormFusion",)
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class OnnxNetwork:
         options.add_external_initializers(names, self._weights)
         self.record = record
         self.overlaps = threads == 1
-        self._session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self._session = inference_session(model, options)
 
     def outputs(self, features: FeatureArrays) -> dict[str, np.ndarray]:
         """Every task's raw outputs for all materials of ``features``, float32, in their order."""
@@ -133,6 +138,16 @@ class OnnxNetwork:
                     collected[name] = np.empty((len(features), *result.shape[1:]), result.dtype)
                 collected[name][rows] = result[: len(rows)]
         return collected
+
+
+def inference_session(model: bytes, options: Any) -> Any:
+    """An ONNX Runtime session of ``model`` on the CPU, its graph rewritten by every optimization
+    but :data:`UNFUSED` (``options``: an ``onnxruntime.SessionOptions``)."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(
+        model, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(UNFUSED)
+    )
 
 
 def batches(features: FeatureArrays, *, edges: bool) -> list[np.ndarray]:
