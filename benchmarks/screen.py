@@ -9,6 +9,10 @@ thread each, with the bundled tqc2020 model.
         rate of one process, end to end and per chunk, against ``predict_structures`` on the same
         files in one call (the path screening replaces), measured in the same run; then two
         processes (``--shard 0/2`` and ``1/2`` at once) against one.
+    python benchmarks/screen.py stated --structures 1000
+        the same structures as two Materials Project style JSON dumps, one stating each space
+        group found at the model's tolerance (``symmetry.number``, ``symmetry.symprec``) and one
+        not: the rate of a screen of each, and whether their rows are the same.
     python benchmarks/screen.py memory --small 10000 --large 200000
         peak RSS of a screen of each size (should differ by < 50 MiB, and stay < 1 GiB).
     python benchmarks/screen.py kills --structures 50000 --kills 5
@@ -19,6 +23,7 @@ thread each, with the bundled tqc2020 model.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -32,6 +37,7 @@ import pyarrow.parquet as pq
 
 DATA = Path(os.environ.get("TOPOCLASS_DATA_DIR", "../shared/data")) / "tqc2020" / "structures"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SYMPREC = 0.1  # the bundled tqc2020 model's, as the Materials Project's
 
 
 def cifs(count: int) -> list[Path]:
@@ -135,18 +141,45 @@ def throughput(args: argparse.Namespace, root: Path) -> None:
     )
 
 
+def stated(args: argparse.Namespace, root: Path) -> None:
+    from topoclass.features.structures import StructureRef, read_structure, spglib_spacegroup
+
+    documents = []
+    for i, path in enumerate(cifs(args.structures)):
+        structure = read_structure(StructureRef(path=path))
+        number = spglib_spacegroup(structure, SYMPREC)  # what the Materials Project states with it
+        symmetry = {"number": number, "symprec": SYMPREC}
+        documents.append({"material_id": f"s{i:07d}", "structure": structure.as_dict(), "symmetry": symmetry})
+    rates, rows = {}, {}
+    for name in ("searched", "stated"):
+        dump = root / name / "dump.json"
+        dump.parent.mkdir()
+        kept = documents if name == "stated" else [{**d, "symmetry": None} for d in documents]
+        dump.write_text(json.dumps(kept))
+        out = root / f"out-{name}"
+        peak_rss_mib(screen_command(dump, out, "--chunk-size", str(args.chunk_size)))
+        chunk_wall, chunk_cpu = _chunk_seconds(out)
+        rates[name] = args.structures / chunk_wall
+        frame = pq.read_table(sorted(out.glob("part-*.parquet"))).to_pandas().drop(columns="source")
+        rows[name] = set(frame.astype(str).itertuples(index=False, name=None))
+        print(
+            f"space groups {name:>8}: {rates[name]:7.1f} structures/s in chunks, "
+            f"{args.structures / chunk_cpu:7.1f} per CPU s"
+        )
+    print(
+        f"stated against searched: {rates['stated'] / rates['searched']:.2f}x; "
+        f"rows the same: {rows['stated'] == rows['searched']}; load average {os.getloadavg()[0]:.1f}"
+    )
+
+
 def _shard_seconds(out: Path, shard: int, shards: int) -> float:
     """Wall seconds shard ``shard`` of ``shards`` spent in its chunks."""
-    import json
-
     records = [json.loads(path.read_text()) for path in (out / "_chunks").glob("chunk-*.json")]
     return sum(r["counts"]["seconds"] for r in records if r["chunk"] % shards == shard)
 
 
 def _chunk_seconds(out: Path) -> tuple[float, float]:
     """Wall and CPU seconds the screen spent in its chunks (start-up and the input survey left out)."""
-    import json
-
     summary = json.loads((out / "summary.json").read_text())
     return float(summary["chunk_seconds"]), float(summary["chunk_cpu_seconds"])
 
@@ -208,6 +241,9 @@ def main() -> None:
     rate = modes.add_parser("throughput")
     rate.add_argument("--structures", type=int, default=1000)
     rate.add_argument("--chunk-size", type=int, default=250)
+    given = modes.add_parser("stated")
+    given.add_argument("--structures", type=int, default=1000)
+    given.add_argument("--chunk-size", type=int, default=250)
     rss = modes.add_parser("memory")
     rss.add_argument("--small", type=int, default=10_000)
     rss.add_argument("--large", type=int, default=200_000)
@@ -219,7 +255,8 @@ def main() -> None:
     kill.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="screen-bench-") as scratch:
-        {"throughput": throughput, "memory": memory, "kills": kills}[args.mode](args, Path(scratch))
+        run = {"throughput": throughput, "stated": stated, "memory": memory, "kills": kills}[args.mode]
+        run(args, Path(scratch))
 
 
 if __name__ == "__main__":

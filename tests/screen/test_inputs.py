@@ -122,6 +122,27 @@ def test_pymatgen_entry_dumps_as_lists_or_under_entries(tmp_path, suffix):
         assert items[3].material is None and "no pymatgen structure" in items[3].problem
 
 
+def test_a_space_group_stated_at_the_models_tolerance_is_kept_and_any_other_is_searched(tmp_path):
+    structure = crystals(1)[0].as_dict()
+    stated = [
+        {"material_id": "at-0.1", "structure": structure, "symmetry": {"number": 225, "symprec": 0.1}},
+        {"material_id": "at-0.01", "structure": structure, "symmetry": {"number": 225, "symprec": 0.01}},
+        {"material_id": "no-tolerance", "structure": structure, "symmetry": {"number": 225}},
+        {"material_id": "not-a-group", "structure": structure, "symmetry": {"number": 231, "symprec": 0.1}},
+        {"material_id": "a-string", "structure": structure, "symmetry": {"number": "225", "symprec": 0.1}},
+        {"material_id": "none", "structure": structure},
+    ]
+    path = tmp_path / "mp.json"
+    path.write_text(json.dumps(stated))
+    found = {item.id: item.material.spacegroup for item in iter_items(expand_inputs([path]), symprec=0.1)}
+    assert found == {
+        "at-0.1": 225, "at-0.01": None, "no-tolerance": None, "not-a-group": None, "a-string": None,
+        "none": None,
+    }  # fmt: skip
+    # Without the model's tolerance nothing stated is trusted.
+    assert {item.material.spacegroup for item in items_of(path)} == {None}
+
+
 def test_large_json_dumps_are_streamed(tmp_path, monkeypatch):
     import topoclass.screen.inputs as inputs
 

@@ -173,3 +173,22 @@ def test_a_screen_runs_network_and_trees_in_turn_on_one_core(model, inputs, tmp_
     monkeypatch.setattr(predict, "ThreadPoolExecutor", no_second_thread)
     summary = model.screen(inputs[:1], tmp_path / "out", chunk_size=4)
     assert (summary["counts"]["screened"], summary["counts"]["skipped"]) == (6, 1)
+
+
+def test_a_space_group_the_dump_states_at_the_models_tolerance_is_not_searched(model, tmp_path):
+    # The stated 221 is not what spglib finds for rock salt (225): seeing it in the output shows
+    # the search was skipped; the one stated at another tolerance is searched.
+    salt = crystals(1)[0].as_dict()
+    dump = tmp_path / "mp.json"
+    dump.write_text(
+        json.dumps(
+            [
+                {"material_id": "stated", "structure": salt, "symmetry": {"number": 221, "symprec": 0.1}},
+                {"material_id": "searched", "structure": salt, "symmetry": {"number": 221, "symprec": 0.01}},
+            ]
+        )
+    )
+    model.screen([dump], tmp_path / "out")
+    rows = read_rows(tmp_path / "out").set_index("id")
+    assert rows.loc["stated", "spacegroup"] == 221 and rows.loc["searched", "spacegroup"] == 225
+    assert rows.loc["stated", "formula"] == rows.loc["searched", "formula"] == "NaCl"

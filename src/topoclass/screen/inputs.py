@@ -7,6 +7,11 @@ stream (ijson), a database row by row. Items come in a fixed order (arguments as
 entries sorted), so a list of inputs always cuts into the same chunks. Each item has a stable
 ``id`` and a ``source`` (the file, frame or row it came from); one that cannot be read carries
 the reason instead of a material, and the screen goes on.
+
+A JSON document may also state its space group the way the Materials Project does
+(``symmetry.number`` with the ``symmetry.symprec`` it was found at). Found at the model's own
+tolerance, it is kept and spglib's search, two thirds of a structure's featurization, is
+skipped; found at another tolerance, or stated without one, it is searched again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import gzip
 import io
 import itertools
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,12 +112,17 @@ def _file_kind(path: Path) -> str | None:
 
 
 def iter_items(
-    inputs: Sequence[InputPath], *, payload: bool | Callable[[int], bool] = True
+    inputs: Sequence[InputPath],
+    *,
+    payload: bool | Callable[[int], bool] = True,
+    symprec: float | None = None,
 ) -> Iterator[InputItem]:
     """Every item of ``inputs``, in order. ``payload`` says for which items (by position) the
     material is wanted; for the others only ids and sources are (counting the input, or items
-    another process screens), and the readers skip the work they can."""
-    cursor = _Cursor(payload)
+    another process screens), and the readers skip the work they can. ``symprec`` is the
+    tolerance (Å) of the space groups the model was trained on: a JSON document's space group
+    stated at it is kept (None: every space group is searched)."""
+    cursor = _Cursor(payload, symprec)
     for entry in inputs:
         for item in _read(entry, cursor):
             yield item
@@ -123,6 +134,7 @@ class _Cursor:
     """The position of the next item, and whether its material is wanted."""
 
     payload: bool | Callable[[int], bool]
+    symprec: float | None = None
     position: int = 0
 
     def wanted(self) -> bool:
@@ -176,10 +188,10 @@ def _structure_item(path: Path, item_id: str) -> InputItem:
     return InputItem(item_id, str(path), material)
 
 
-def _inline_item(item_id: str, source: str, text: str, fmt: str) -> InputItem:
+def _inline_item(item_id: str, source: str, text: str, fmt: str, spacegroup: int | None = None) -> InputItem:
     ref = StructureRef(text=text, format=fmt)
     return InputItem(
-        item_id, source, Material(id=item_id, formula="", spacegroup=None, structure=ref, source=source)
+        item_id, source, Material(id=item_id, formula="", spacegroup=spacegroup, structure=ref, source=source)
     )
 
 
@@ -270,7 +282,7 @@ def _json_entries(path: Path, cursor: _Cursor) -> Iterator[InputItem]:
                 prefix = "item" if first == b"[" else "entries.item"
                 documents = ijson.items(stream, prefix, use_float=True)
             for index, document in enumerate(documents):
-                yield _json_item(path, index, document, payload=cursor.wanted())
+                yield _json_item(path, index, document, cursor)
     except (OSError, EOFError, ValueError) as error:  # ijson's and json's errors are ValueErrors
         raise DataError(f"not a readable JSON dump ({type(error).__name__}: {error})", file=path) from None
 
@@ -284,7 +296,7 @@ def _open_json(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
-def _json_item(path: Path, index: int, document: Any, *, payload: bool) -> InputItem:
+def _json_item(path: Path, index: int, document: Any, cursor: _Cursor) -> InputItem:
     source = f"{path}#{index}"
     if not isinstance(document, dict):
         return InputItem(f"{_json_stem(path)}#{index}", source, None, "entry is not a JSON object")
@@ -294,9 +306,27 @@ def _json_item(path: Path, index: int, document: Any, *, payload: bool) -> Input
     structure = document.get("structure", document)
     if not isinstance(structure, dict) or "lattice" not in structure or "sites" not in structure:
         return InputItem(item_id, source, None, "entry holds no pymatgen structure (lattice and sites)")
-    if not payload:
+    if not cursor.wanted():
         return InputItem(item_id, source, None)
-    return _inline_item(item_id, source, json.dumps(structure), "json")
+    spacegroup = _stated_spacegroup(document.get("symmetry"), cursor.symprec)
+    return _inline_item(item_id, source, json.dumps(structure), "json", spacegroup)
+
+
+def _stated_spacegroup(symmetry: Any, symprec: float | None) -> int | None:
+    """The space group a document states (``{"number": 225, "symprec": 0.1, ...}``, as the
+    Materials Project gives it) when it was found at ``symprec``; None when it is to be searched.
+
+    The Materials Project finds its space groups with spglib at its documented tolerances, the
+    distance one stated with each (``symprec``) and 5 degrees, which are the tolerances
+    :func:`topoclass.features.structures.spglib_spacegroup` uses."""
+    if symprec is None or not isinstance(symmetry, dict):
+        return None
+    number, stated = symmetry.get("number"), symmetry.get("symprec")
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 230:
+        return None
+    if not isinstance(stated, int | float) or not math.isclose(stated, symprec, rel_tol=1e-9):
+        return None
+    return number
 
 
 def _json_stem(path: Path) -> str:

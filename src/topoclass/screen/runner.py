@@ -208,7 +208,11 @@ def _screen_chunks(
     try:
         bar = tqdm(total=sizes, desc="screening", unit="structure", disable=not progress, smoothing=0.1)
         with bar:
-            mine = iter_items(paths, payload=lambda position: position // settings.chunk_size in wanted)
+            mine = iter_items(
+                paths,
+                payload=lambda position: position // settings.chunk_size in wanted,
+                symprec=run.config.data.graph.symprec,
+            )
             for chunk, items in enumerate(_batched(mine, settings.chunk_size)):
                 if chunk not in wanted:
                     if chunk >= last:
