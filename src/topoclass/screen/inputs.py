@@ -131,7 +131,8 @@ def iter_items(
 
 @dataclass
 class _Cursor:
-    """The position of the next item, and whether its material is wanted."""
+    """The position of the next item, whether its material is wanted, and the tolerance a stated
+    space group must have been found at to be kept."""
 
     payload: bool | Callable[[int], bool]
     symprec: float | None = None
