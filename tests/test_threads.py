@@ -16,7 +16,7 @@ def machine(monkeypatch):
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(threads, "_cgroup_quota", lambda: None)
-    for name in ("SLURM_CPUS_PER_TASK", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+    for name in ("SLURM_CPUS_PER_TASK", "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", threads.PROCESSES_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -51,6 +51,12 @@ def test_torchrun_processes_share_the_node_without_being_told(machine):
     assert threads.cpu_share() == 4
     machine.setenv("LOCAL_WORLD_SIZE", "32")
     assert threads.choose_threads(0)[0] == 1 and threads.cpu_share() == 1
+
+
+def test_server_workers_share_the_node_whatever_torchrun_says(machine):
+    machine.setenv("LOCAL_WORLD_SIZE", "1")
+    machine.setenv(threads.PROCESSES_ENV, "8")  # what `serve --workers 8` tells its workers
+    assert threads.node_processes() == 8 and threads.cpu_share() == 2
 
 
 def test_a_one_cpu_machine_gets_one_thread(machine):

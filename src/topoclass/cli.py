@@ -13,11 +13,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from topoclass import __version__
 from topoclass.config import Config, load_config, parse_override
 from topoclass.errors import EXIT_RESUMABLE, ResumableStop, TopoclassError
+from topoclass.serve.answers import DEFAULT_ROWS as DEFAULT_CACHED_ROWS
 from topoclass.serve.limits import Limits
 from topoclass.trainer.signals import StopRequested
 
@@ -141,12 +142,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from topoclass.serve.server import run_server
+    from topoclass.serve.server import ServeSettings, run_server
 
     limits = Limits(max_body_bytes=args.max_body_bytes, max_rows=args.max_rows, max_atoms=args.max_atoms)
-    return run_server(
-        args.models, host=args.host, port=args.port, limits=limits, batching=not args.no_batching
+    settings = ServeSettings(
+        tuple(args.models), limits, batching=not args.no_batching, cached_rows=args.cache_rows
     )
+    return run_server(settings, host=args.host, port=args.port, workers=args.workers)
 
 
 def _cmd_screen(args: argparse.Namespace) -> int:
@@ -317,6 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="predict each request on its own in a thread pool instead of batching concurrent requests",
     )
+    serve.add_argument(
+        "--cache-rows",
+        type=int,
+        default=DEFAULT_CACHED_ROWS,
+        help=f"formula answers kept for repeated requests (default {DEFAULT_CACHED_ROWS} a process; 0: none)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, each with the models loaded (default 1; docs/serving.md)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     screen = verbs.add_parser(
@@ -403,17 +417,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Progress goes to stdout, except for verbs whose stdout is data (predictions as CSV).
-    stream = sys.stderr if args.verb == "predict" else sys.stdout
+def configure_logging(level: int, stream: TextIO) -> None:
+    """The log of a command (and of each ``serve --workers`` process)."""
     # Batch-job logs are read hours later: every line says when and how serious.
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",
         stream=stream,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Progress goes to stdout, except for verbs whose stdout is data (predictions as CSV).
+    stream = sys.stderr if args.verb == "predict" else sys.stdout
+    configure_logging(logging.WARNING if args.quiet else logging.INFO, stream)
     try:
         return int(args.func(args))
     except (ResumableStop, StopRequested) as exc:

@@ -8,7 +8,7 @@ thread). Shared login nodes and Slurm jobs on part of a node are the normal case
 - CPUs given to this process alone (an affinity mask, ``SLURM_CPUS_PER_TASK``, a cgroup
   quota smaller than the machine) are all used;
 - on a machine it merely shares, one CPU is left for the others;
-- processes of one job on one node (torchrun) split the CPUs between them;
+- processes of one job on one node (torchrun, ``serve --workers``) split the CPUs between them;
 - ``train.num_threads`` overrides all of this.
 
 The thread count can change floating-point reductions, so a run resumed with another
@@ -68,9 +68,13 @@ def _cgroup_quota() -> int | None:
     return None
 
 
+# Set by a process that starts several topoclass processes on this node (``serve --workers``).
+PROCESSES_ENV = "TOPOCLASS_PROCESSES_PER_NODE"
+
+
 def node_processes() -> int | None:
-    """Processes of this job on this node, as torchrun or Slurm say (None when neither does)."""
-    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+    """Processes of this job on this node, as topoclass, torchrun or Slurm say (None when none does)."""
+    for key in (PROCESSES_ENV, "LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
         value = os.environ.get(key, "")
         if value.isdigit() and int(value) > 0:
             return int(value)

@@ -97,6 +97,9 @@ def test_a_bad_formula_is_skipped_with_its_reason_and_the_others_answered(client
     bad, good = client.post("/predict", json=body).json()["rows"]
     assert "Xx2" in bad["skipped"] and bad["topo_class"] is None
     assert good["topo_class"] == "TI" and good["skipped"] == ""
+    # Alone, it has every column too (its call predicted nothing: no task columns of its own).
+    (alone,) = client.post("/predict", json={"rows": body["rows"][:1]}).json()["rows"]
+    assert alone == bad and list(alone) == list(good)
 
 
 @pytest.mark.parametrize(
@@ -217,3 +220,25 @@ def test_no_batching_answers_the_same(models, client):
     body = {"rows": [{"formula": "Bi2Se3", "spacegroup": 166}, {"formula": "SnTe", "spacegroup": 225}]}
     with TestClient(create_app(models, LIMITS, batching=False)) as unbatched:
         assert unbatched.post("/predict", json=body).json() == client.post("/predict", json=body).json()
+
+
+def test_a_formula_asked_again_is_answered_as_before_without_a_prediction(models, monkeypatch):
+    predictor = models["tang2019"].predictor
+    calls = []
+
+    def counted(inputs, **options):
+        calls.append(len(inputs.names))
+        return type(predictor).answer(predictor, inputs, **options)
+
+    monkeypatch.setattr(predictor, "answer", counted)
+    body = {"rows": [{"formula": "Bi2Se3", "spacegroup": 166}]}
+    with (
+        TestClient(create_app(models, LIMITS)) as cached,
+        TestClient(create_app(models, LIMITS, cached_rows=0)) as plain,
+    ):
+        first = cached.post("/predict", json=body).json()
+        again = cached.post("/predict", json={"rows": [{**body["rows"][0], "id": "x"}]}).json()
+        assert calls == [1]
+        assert again["rows"] == [{**first["rows"][0], "id": "x"}]
+        assert plain.post("/predict", json=body).json() == plain.post("/predict", json=body).json() == first
+        assert calls == [1, 1, 1]

@@ -14,6 +14,7 @@ def test_defaults_bind_this_machine_only():
     args = build_parser().parse_args(["serve", "tang2019"])
     assert (args.host, args.port, args.models) == ("127.0.0.1", 8000, ["tang2019"])
     assert (args.max_rows, args.max_atoms, args.no_batching) == (1000, 500, False)
+    assert (args.workers, args.cache_rows) == (1, 10_000)
 
 
 def test_missing_serve_libraries_name_the_install_command(monkeypatch, capsys):
@@ -72,3 +73,7 @@ def test_a_taken_port_or_a_zero_limit_is_one_line_before_anything_loads(capsys):
     )
     assert main(["serve", "tang2019", "--max-rows", "0"]) == 2
     assert capsys.readouterr().err == "topoclass: error: --max-rows must be at least 1, not 0\n"
+    assert main(["serve", "tang2019", "--workers", "0"]) == 2
+    assert capsys.readouterr().err == "topoclass: error: --workers must be at least 1, not 0\n"
+    assert main(["serve", "tang2019", "--cache-rows", "-1"]) == 2
+    assert capsys.readouterr().err == "topoclass: error: --cache-rows must be at least 0, not -1\n"

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from topoclass import __version__
 from topoclass.api import formula_inputs, structure_inputs
 from topoclass.errors import TopoclassError
+from topoclass.serve.answers import DEFAULT_ROWS, AnswerCache
 from topoclass.serve.batching import MicroBatcher, PredictionRunner, ThreadPoolRunner
 from topoclass.serve.body_limit import BodySizeLimit
 from topoclass.serve.limits import LimitExceeded, Limits
@@ -32,6 +33,7 @@ from topoclass.serve.schemas import (
     PREDICTOR_HELP,
     Choice,
     Health,
+    MaterialRow,
     ModelInfo,
     PredictRequest,
     PredictResponse,
@@ -47,9 +49,17 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool = True) -> FastAPI:
-    """The application serving ``models`` (the first is the default) within ``limits``."""
+def create_app(
+    models: dict[str, ServedModel],
+    limits: Limits,
+    *,
+    batching: bool = True,
+    cached_rows: int = DEFAULT_ROWS,
+) -> FastAPI:
+    """The application serving ``models`` (the first is the default) within ``limits``, keeping
+    the last ``cached_rows`` formula answers."""
     runner: PredictionRunner = MicroBatcher(limits.max_rows) if batching else ThreadPoolRunner()
+    answers = AnswerCache(cached_rows)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -130,7 +140,13 @@ def create_app(models: dict[str, ServedModel], limits: Limits, *, batching: bool
             inputs = formula_inputs(formulas, groups, ids=ids)
             return model.predictor.answer(inputs, predictor=choice).records()
 
-        rows = await runner.run((model.name, "formulas", choice), call, list(request.rows))
+        async def predicted(rows: list[MaterialRow]) -> list[dict[str, Any]]:
+            return await runner.run((model.name, "formulas", choice), call, rows)
+
+        rows = await answers.answer((model.name, choice), request.rows, predicted)
+        # Every row with every column: a call in which no row could be predicted has no task columns.
+        columns = model.formula_columns
+        rows = [{column: row.get(column) for column in columns} for row in rows]
         return PredictResponse(model=model.name, tasks=model.predictor.tasks, rows=rows)
 
     @app.post("/predict/structures", responses=REFUSALS)

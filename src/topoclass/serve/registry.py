@@ -25,11 +25,13 @@ WARM_UP = (["NaCl"], [225])
 
 @dataclass
 class ServedModel:
-    """A loaded model, its name in URLs and requests, and its model card (if it has one)."""
+    """A loaded model, its name in URLs and requests, the columns of its answers to formulas, and
+    its model card (if it has one)."""
 
     name: str
     predictor: Predictor
     directory: Path
+    formula_columns: list[str]
 
     @property
     def card(self) -> Path | None:
@@ -37,8 +39,9 @@ class ServedModel:
         return path if path.is_file() else None
 
 
-def load_models(models: Sequence[str]) -> dict[str, ServedModel]:
-    """Load each bundled model name or run directory once; names are the bundle's or the directory's."""
+def model_directories(models: Sequence[str]) -> dict[str, Path]:
+    """Each bundled model name or run directory's folder, under its name in the API (the bundle's
+    or the directory's); a ConfigError for one that is neither, or for two of one name."""
     directories: dict[str, Path] = {}
     for model in models:
         directory = model_dir(model).resolve()
@@ -47,21 +50,27 @@ def load_models(models: Sequence[str]) -> dict[str, ServedModel]:
                 f"two models are named '{directory.name}' ({directories[directory.name]} and {directory})"
             )
         directories[directory.name] = directory
+    return directories
+
+
+def load_models(models: Sequence[str]) -> dict[str, ServedModel]:
+    """Load each bundled model name or run directory once; names are the bundle's or the directory's."""
     served: dict[str, ServedModel] = {}
-    for name, directory in directories.items():
+    for name, directory in model_directories(models).items():
         predictor = load(directory)
-        warm_up(predictor)
-        served[name] = ServedModel(name, predictor, directory)
+        served[name] = ServedModel(name, predictor, directory, formula_columns=warm_up(predictor))
         logger.info("Serving %s (%s) from %s", name, ", ".join(predictor.tasks), directory)
     return served
 
 
-def warm_up(predictor: Predictor) -> None:
-    """One formula (and, for a model that reads structures, one rock-salt cell) through the model."""
-    predictor.answer(formula_inputs(*WARM_UP))
+def warm_up(predictor: Predictor) -> list[str]:
+    """One formula (and, for a model that reads structures, one rock-salt cell) through the model;
+    the columns of its answer to the formula."""
+    columns = predictor.answer(formula_inputs(*WARM_UP)).columns
     if predictor.uses_structures:
         from pymatgen.core import Lattice, Structure
 
         sites = [[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]
         rock_salt = Structure.from_spacegroup(225, Lattice.cubic(5.64), ["Na", "Cl"], sites)
         predictor.answer(structure_inputs(rock_salt))
+    return columns
