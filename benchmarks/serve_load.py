@@ -12,9 +12,9 @@ latency, requests/s, errors and CPU per request of client and server (all its pr
 one-client reference, and each mode's p50 against the reference mode's in the same run.
 
 The client runs on the same machine as the server, so its CPU counts: it writes each request's
-bytes once and parses answers with httptools (uvicorn's parser), about 0.05 ms of CPU per
-request, where aiohttp's client spent 0.3 ms and httpx's async client 7-8 ms (measured here):
-on two cores the client took a third of the machine. Every answer is read as JSON and checked
+bytes once and parses answers with httptools (uvicorn's parser), 0.06-0.09 ms of CPU per request
+here, where aiohttp's client spent 0.1-0.3 ms and httpx's async client 7-8 ms (whose cost alone
+held the load near 35 requests/s on two cores). Every answer is read as JSON and checked
 (status 200, the asked formula, an answer, nothing skipped); anything else is an error.
 
 Usage: ``python benchmarks/serve_load.py [--clients 50] [--requests 5000] [--time-limit 120]``
