@@ -19,7 +19,7 @@ from typing import Any
 
 from topoclass.serve.schemas import MaterialRow
 
-DEFAULT_ROWS = 10_000  # about 2 KiB a row: 20 MiB
+DEFAULT_ROWS = 10_000  # about 0.6 KiB a row (measured with tracemalloc): 6 MiB
 
 
 class AnswerCache:
