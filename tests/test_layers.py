@@ -12,7 +12,7 @@ PACKAGE = Path(topoclass.__file__).parent
 # Lowest first. Modules of one layer may import each other; nothing imports upward.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"config", "files", "metrics", "memory", "distributed", "calibration", "threads", "tensorfile"},
+    {"config", "files", "metrics", "memory", "distributed", "calibration", "threads", "tensorfile", "logs"},
     {"tasks"},
     {"features"},
     {"data"},

@@ -13,11 +13,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from topoclass import __version__
 from topoclass.config import Config, load_config, parse_override
 from topoclass.errors import EXIT_RESUMABLE, ResumableStop, TopoclassError
+from topoclass.logs import configure_logging
 from topoclass.serve.answers import DEFAULT_ROWS as DEFAULT_CACHED_ROWS
 from topoclass.serve.limits import Limits
 from topoclass.trainer.signals import StopRequested
@@ -415,17 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
     cache.set_defaults(func=_cmd_cache)
     return parser
-
-
-def configure_logging(level: int, stream: TextIO) -> None:
-    """The log of a command (and of each ``serve --workers`` process)."""
-    # Batch-job logs are read hours later: every line says when and how serious.
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=stream,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,16 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from tqdm import tqdm
+
 from topoclass.errors import TopoclassError
+from topoclass.logs import configure_logging
 from topoclass.serve.answers import DEFAULT_ROWS
 from topoclass.serve.limits import Limits
 from topoclass.threads import PROCESSES_ENV
@@ -127,11 +131,13 @@ def build_app(settings: ServeSettings) -> FastAPI:
 
 def worker_app() -> FastAPI:
     """A worker process's application (``serve --workers``), from the settings its parent left."""
-    from topoclass.cli import configure_logging
-
     configure_logging(logging.WARNING, sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(OncePerMessage())
+    # tqdm guards its (here disabled) bars with a multiprocessing semaphore by default; a worker
+    # stopped by its supervisor leaves it behind and Python warns of a "leaked semaphore" at
+    # every shutdown. Only this process's threads share the bars: a thread lock is enough.
+    tqdm.set_lock(threading.RLock())
     return build_app(ServeSettings.from_json(os.environ[SETTINGS_ENV]))
 
 
