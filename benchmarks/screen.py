@@ -9,10 +9,12 @@ thread each, with the bundled tqc2020 model.
         rate of one process, end to end and per chunk, against ``predict_structures`` on the same
         files in one call (the path screening replaces), measured in the same run; then two
         processes (``--shard 0/2`` and ``1/2`` at once) against one.
-    python benchmarks/screen.py stated --structures 1000
+    python benchmarks/screen.py stated --structures 1000 [--models RUN ...]
         the same structures as two Materials Project style JSON dumps, one stating each space
         group found at the model's tolerance (``symmetry.number``, ``symmetry.symprec``) and one
-        not: the rate of a screen of each, and whether their rows are the same.
+        not: the rate of a screen of each, and whether their rows are the same; then the same
+        with each of ``--models`` (runs or bundles for tqc2020 structures, say with another
+        network), against the bundled model's rates.
     python benchmarks/screen.py memory --small 10000 --large 200000
         peak RSS of a screen of each size (should differ by < 50 MiB, and stay < 1 GiB).
     python benchmarks/screen.py kills --structures 50000 --kills 5
@@ -65,8 +67,8 @@ def table(root: Path, count: int) -> Path:
     return path
 
 
-def screen_command(inputs: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "topoclass", "-q", "screen", "tqc2020", str(inputs), "-o", str(out), *extra]
+def screen_command(inputs: Path, out: Path, *extra: str, model: str = "tqc2020") -> list[str]:
+    return [sys.executable, "-m", "topoclass", "-q", "screen", model, str(inputs), "-o", str(out), *extra]
 
 
 def peak_rss_mib(command: list[str]) -> tuple[float, float]:
@@ -150,25 +152,31 @@ def stated(args: argparse.Namespace, root: Path) -> None:
         number = spglib_spacegroup(structure, SYMPREC)  # what the Materials Project states with it
         symmetry = {"number": number, "symprec": SYMPREC}
         documents.append({"material_id": f"s{i:07d}", "structure": structure.as_dict(), "symmetry": symmetry})
-    rates, rows = {}, {}
+    dumps = {}
     for name in ("searched", "stated"):
-        dump = root / name / "dump.json"
-        dump.parent.mkdir()
+        dumps[name] = root / name / "dump.json"
+        dumps[name].parent.mkdir()
         kept = documents if name == "stated" else [{**d, "symmetry": None} for d in documents]
-        dump.write_text(json.dumps(kept))
-        out = root / f"out-{name}"
-        peak_rss_mib(screen_command(dump, out, "--chunk-size", str(args.chunk_size)))
-        chunk_wall, chunk_cpu = _chunk_seconds(out)
-        rates[name] = args.structures / chunk_wall
-        rows[name] = rows_as_set(out, leave_out=("source",))  # the dumps' paths differ
+        dumps[name].write_text(json.dumps(kept))
+    reference: dict[str, float] = {}
+    for model in ("tqc2020", *args.models):
+        rates, rows = {}, {}
+        for name, dump in dumps.items():
+            out = root / f"out-{len(reference)}-{name}"
+            peak_rss_mib(screen_command(dump, out, "--chunk-size", str(args.chunk_size), model=model))
+            chunk_wall, chunk_cpu = _chunk_seconds(out)
+            rates[name] = args.structures / chunk_wall
+            rows[name] = rows_as_set(out, leave_out=("source",))  # the dumps' paths differ
+            against = f" ({rates[name] / reference[name]:.2f}x the bundle's)" if reference else ""
+            print(
+                f"{model}, space groups {name:>8}: {rates[name]:7.1f} structures/s in chunks, "
+                f"{args.structures / chunk_cpu:7.1f} per CPU s{against}"
+            )
+        reference = reference or rates
         print(
-            f"space groups {name:>8}: {rates[name]:7.1f} structures/s in chunks, "
-            f"{args.structures / chunk_cpu:7.1f} per CPU s"
+            f"{model}, stated against searched: {rates['stated'] / rates['searched']:.2f}x; "
+            f"rows the same: {rows['stated'] == rows['searched']}; load average {os.getloadavg()[0]:.1f}"
         )
-    print(
-        f"stated against searched: {rates['stated'] / rates['searched']:.2f}x; "
-        f"rows the same: {rows['stated'] == rows['searched']}; load average {os.getloadavg()[0]:.1f}"
-    )
 
 
 def _shard_seconds(out: Path, shard: int, shards: int) -> float:
@@ -243,6 +251,7 @@ def main() -> None:
     given = modes.add_parser("stated")
     given.add_argument("--structures", type=int, default=1000)
     given.add_argument("--chunk-size", type=int, default=250)
+    given.add_argument("--models", nargs="*", default=[], help="runs to screen the dumps with too")
     rss = modes.add_parser("memory")
     rss.add_argument("--small", type=int, default=10_000)
     rss.add_argument("--large", type=int, default=200_000)

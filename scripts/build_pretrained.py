@@ -62,9 +62,10 @@ BUNDLES: dict[str, dict[str, str]] = {
         "Materials Project crystal structures from fxcoudert/topology_databases (CC-BY 4.0). 14.2k "
         "materials with structures.",
         "note": "Every training material had a structure: give structures (`predict_structures`). From "
-        "formula and space group alone the answers are outside what it learned (Si and GaAs come out "
-        "as semimetals below). `cross_type` is labelled for semimetals only: it is answered only where "
-        "`topo_class` is SM, and its probabilities are those it would have if the material were one.",
+        "formula and space group alone the answers are outside what it learned (below, Si comes out "
+        "as a semimetal and the Weyl semimetal TaAs as trivial). `cross_type` is labelled for semimetals "
+        "only: it is answered only where `topo_class` is SM, and its probabilities are those it would "
+        "have if the material were one.",
     },
 }
 

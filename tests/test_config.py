@@ -71,3 +71,9 @@ def test_renamed_keys_keep_loading_with_a_warning_naming_the_new_key(tmp_path, c
     path.write_text("checkpoint: {checkpoint_every_epochs: 2, every_epochs: 3}\n")
     with pytest.raises(ConfigError, match=r"both checkpoint\.checkpoint_every_epochs"):
         load_config(path)
+
+
+def test_the_space_group_search_is_spglib_or_moyopy():
+    assert load_config(None, {"data.graph.symmetry": "moyopy"}).data.graph.symmetry == "moyopy"
+    with pytest.raises(ConfigError, match=r"data\.graph\.symmetry"):
+        load_config(None, {"data.graph.symmetry": "spglib2"})

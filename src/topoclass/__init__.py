@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.7.7"
+__version__ = "0.8.0"
 __all__ = ["Predictor", "__version__", "bundled_models", "load", "train"]
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ with a message instead of waiting for ever.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -181,4 +182,8 @@ def stop() -> None:
     """Leave the process group (after training, or when it failed)."""
     dist = sys.modules.get("torch.distributed")  # a job that never joined one never loaded it
     if dist is not None and dist.is_initialized():
+        # A DistributedDataParallel model in a reference cycle keeps Gloo's pending work alive
+        # until the interpreter is torn down, and freeing it then aborts the process (SIGABRT,
+        # "terminate called without an active exception", about one stop in ten): freed now.
+        gc.collect()
         dist.destroy_process_group()

@@ -118,3 +118,39 @@ def test_a_material_whose_crystal_graph_is_not_finite_is_rejected_by_id(tmp_path
     prepared = prepare_dataset(config)
     assert [(r.id, r.category) for r in prepared.rejects] == [("b", "non_finite_features")]
     assert prepared.features.ids == ["a", "c"] and prepared.counts["non_finite_features"] == 1
+
+
+def test_each_space_group_search_has_its_own_cache_entry_and_spglibs_keeps_the_old_one(tmp_path, monkeypatch):
+    from topoclass.config import DataConfig, TaskConfig
+    from topoclass.data import cache
+    from topoclass.data.build import prepare_dataset
+
+    keyed = []
+    original = cache.fingerprint
+
+    def recording(value):
+        if isinstance(value, list) and value and isinstance(value[0], dict) and "graph" in value[0]:
+            keyed.append(value[0]["graph"])
+        return original(value)
+
+    monkeypatch.setattr(cache, "fingerprint", recording)
+    poscar = tmp_path / "salt.vasp"
+    poscar.write_text(rock_salt_poscar().text or "")
+    table = tmp_path / "t.csv"
+    table.write_text(f"id,structure,topo\na,{poscar},x\nb,{poscar},y\n")
+    folder = tmp_path / "cache"
+    entries = []
+    for symmetry in ("spglib", "moyopy", "spglib"):
+        config = DataConfig(
+            dataset="table",
+            table=table,
+            tasks=[TaskConfig(name="topo")],
+            cache_dir=folder,
+            use_structure=True,
+            graph=GraphConfig(symmetry=symmetry),
+        )
+        assert prepare_dataset(config).features.ids == ["a", "b"]
+        entries.append(sorted(path.name for path in folder.iterdir()))
+    assert len(entries[0]) == 1 and len(entries[1]) == 2 and entries[2] == entries[1]
+    # spglib's key is the one releases before moyopy's wrote (no "symmetry"): their caches stay valid.
+    assert "symmetry" not in keyed[0] and keyed[1]["symmetry"] == "moyopy"

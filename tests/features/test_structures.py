@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from topoclass.features.structures import (
     check_structure,
     read_structure,
     reduced_formula,
+    search_spacegroup,
     spglib_spacegroup,
     structure_format,
 )
@@ -173,6 +175,17 @@ def test_formula_and_spacegroup_tolerate_small_distortions():
         structure.translate_sites([index], shift, frac_coords=False)
     assert spglib_spacegroup(structure, 0.1) == 225
     assert spglib_spacegroup(structure, 1e-4) != 225
+
+
+def test_moyopy_finds_the_groups_spglib_finds_and_keeps_its_orbit_warnings_out_of_the_log(caplog):
+    salt = rock_salt()
+    salt.make_supercell([2, 1, 1])  # a tetragonal cell of a cubic crystal: moyopy warns about orbits
+    distorted = salt.copy()
+    distorted.translate_sites([0], [0.3, 0.0, 0.0], frac_coords=False)  # beyond 0.1 Å: not rock salt
+    with caplog.at_level(logging.WARNING):
+        found = [search_spacegroup(s, 0.1, how) for s in (salt, distorted) for how in ("spglib", "moyopy")]
+    assert found[:2] == [225, 225] and found[2] == found[3] != 225
+    assert not [record for record in caplog.records if record.name.startswith("moyo")]
 
 
 def test_formula_is_fully_reduced_with_explicit_counts():

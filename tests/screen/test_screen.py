@@ -175,9 +175,11 @@ def test_a_screen_runs_network_and_trees_in_turn_on_one_core(model, inputs, tmp_
     assert (summary["counts"]["screened"], summary["counts"]["skipped"]) == (6, 1)
 
 
-def test_a_space_group_the_dump_states_at_the_models_tolerance_is_not_searched(model, tmp_path):
+def test_a_space_group_the_dump_states_at_the_models_tolerance_is_not_searched(model, tmp_path, monkeypatch):
     # The stated 221 is not what spglib finds for rock salt (225): seeing it in the output shows
-    # the search was skipped; the one stated at another tolerance is searched.
+    # the search was skipped; the one stated at another tolerance is searched. (For a model
+    # trained on spglib's groups, as the Materials Project states them.)
+    monkeypatch.setattr(model._run.config.data.graph, "symmetry", "spglib")
     salt = crystals(1)[0].as_dict()
     dump = tmp_path / "mp.json"
     dump.write_text(
@@ -192,3 +194,15 @@ def test_a_space_group_the_dump_states_at_the_models_tolerance_is_not_searched(m
     rows = read_rows(tmp_path / "out").set_index("id")
     assert rows.loc["stated", "spacegroup"] == 221 and rows.loc["searched", "spacegroup"] == 225
     assert rows.loc["stated", "formula"] == rows.loc["searched", "formula"] == "NaCl"
+
+
+def test_a_model_trained_on_moyopys_groups_searches_what_the_dump_states(model, tmp_path, monkeypatch):
+    # The Materials Project states spglib's groups: for a model that learned moyopy's they are
+    # not what it would find, so even one stated at its tolerance is searched (221 -> 225).
+    monkeypatch.setattr(model._run.config.data.graph, "symmetry", "moyopy")
+    salt = crystals(1)[0].as_dict()
+    dump = tmp_path / "mp.json"
+    stated = {"material_id": "stated", "structure": salt, "symmetry": {"number": 221, "symprec": 0.1}}
+    dump.write_text(json.dumps([stated]))
+    model.screen([dump], tmp_path / "out")
+    assert read_rows(tmp_path / "out").set_index("id").loc["stated", "spacegroup"] == 225

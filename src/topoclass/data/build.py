@@ -326,7 +326,10 @@ def _cache_key(raw: RawDataset, data: DataConfig, embedder: StructureEmbedder | 
         "featurizer": FEATURIZER_VERSION,
         "dataset": raw.name,
         "tasks": [t.model_dump(mode="json") for t in raw.tasks],
-        "graph": data.graph.model_dump(mode="json"),
+        # spglib's search, the only one before moyopy's, leaves the key as it was: caches stay valid.
+        "graph": data.graph.model_dump(
+            mode="json", exclude={"symmetry"} if data.graph.symmetry == "spglib" else None
+        ),
         "use_structure": data.use_structure,
     }
     if embedder is not None and data.use_structure:

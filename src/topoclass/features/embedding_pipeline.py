@@ -35,7 +35,7 @@ from topoclass.features.structures import (
     periodic_neighbors,
     read_structure,
     reduced_formula,
-    spglib_spacegroup,
+    search_spacegroup,
 )
 from topoclass.threads import available_cpus
 
@@ -66,6 +66,7 @@ def embed_chunk(
     embedder: StructureEmbedder,
     cutoff: float,
     symprec: float,
+    symmetry: str,
 ) -> list[_Embedded]:
     """Vet each structure, then embed the good ones in one pass (one at a time if the pass fails)."""
     outcomes: list[_Embedded] = []
@@ -79,7 +80,7 @@ def embed_chunk(
             if problem is not None:
                 outcomes.append(_Embedded(None, None, problem))
                 continue
-            spacegroup = spglib_spacegroup(structure, symprec) if search else None
+            spacegroup = search_spacegroup(structure, symprec, symmetry) if search else None
             outcomes.append(_Embedded(reduced_formula(structure), spacegroup, None))
             structures.append((len(outcomes) - 1, structure))
         except DataError as exc:
@@ -179,7 +180,9 @@ def _chunk_outcomes(
     workers: int,
 ) -> Iterator[list[_Embedded]]:
     """Each chunk's outcomes, in order, from worker processes (or here, with one)."""
-    work = partial(embed_chunk, embedder=embedder, cutoff=graph.cutoff, symprec=graph.symprec)
+    work = partial(
+        embed_chunk, embedder=embedder, cutoff=graph.cutoff, symprec=graph.symprec, symmetry=graph.symmetry
+    )
     chunks = [(refs[i : i + CHUNK], searches[i : i + CHUNK]) for i in range(0, len(refs), CHUNK)]
     if workers == 1:
         for chunk_refs, chunk_searches in chunks:

@@ -33,7 +33,7 @@ from topoclass.features.structures import (
     periodic_neighbors,
     read_structure,
     reduced_formula,
-    spglib_spacegroup,
+    search_spacegroup,
 )
 from topoclass.threads import available_cpus
 
@@ -79,6 +79,7 @@ def featurize_one(
     cutoff: float,
     max_neighbors: int,
     symprec: float,
+    symmetry: str,
     with_graph: bool = True,
     max_atoms: int = 0,
 ) -> _Outcome:
@@ -93,14 +94,14 @@ def featurize_one(
         if 0 < max_atoms < len(structure):
             return None, None, f"{len(structure)} atoms in the cell, more than the limit of {max_atoms}", None
         if not with_graph:
-            spacegroup = spglib_spacegroup(structure, symprec) if find_spacegroup else None
+            spacegroup = search_spacegroup(structure, symprec, symmetry) if find_spacegroup else None
             return reduced_formula(structure), spacegroup, None, None
         neighbors = periodic_neighbors(structure, cutoff)
         problem = check_structure(structure, cutoff=cutoff, neighbors=neighbors)
         if problem is not None:
             return None, None, problem, None
         formula = reduced_formula(structure)
-        spacegroup = spglib_spacegroup(structure, symprec) if find_spacegroup else None
+        spacegroup = search_spacegroup(structure, symprec, symmetry) if find_spacegroup else None
         graph = build_crystal_graph(
             structure, cutoff=cutoff, max_neighbors=max_neighbors, neighbors=neighbors
         )
@@ -207,6 +208,7 @@ def _outcomes(
         cutoff=graph.cutoff,
         max_neighbors=graph.max_neighbors,
         symprec=graph.symprec,
+        symmetry=graph.symmetry,
         with_graph=with_graphs,
         max_atoms=max_atoms,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -229,6 +230,36 @@ def check_structure(
         lonely = int(np.flatnonzero(counts == 0)[0])
         return f"atom {lonely} ({structure[lonely].specie}) has no neighbour within {cutoff} Å"
     return None
+
+
+def search_spacegroup(structure: Structure, symprec: float, symmetry: str) -> int:
+    """The space-group number found by ``symmetry`` ("spglib" or "moyopy") at ``symprec`` Å."""
+    if symmetry == "moyopy":
+        return moyopy_spacegroup(structure, symprec)
+    return spglib_spacegroup(structure, symprec)
+
+
+def moyopy_spacegroup(structure: Structure, symprec: float) -> int:
+    """The moyopy space-group number at ``symprec`` Å; :class:`DataError` when it finds none.
+
+    moyopy (spglib's successor, in Rust) takes 0.4 ms where spglib takes 2.7 on average over
+    tqc2020, as spglib's search of cubic lattices does not prune (docs/results.md,
+    "Screening"). Its angle tolerance is its own: at spglib's 5 degrees some cells (mp-569416)
+    never return. It finds another group than spglib for 56 of the 14,193 tqc2020 structures,
+    so a model learns the groups of the search it was trained with.
+    """
+    import moyopy
+
+    moyo = logging.getLogger("moyo")
+    if moyo.level == logging.NOTSET:  # a user's setting wins
+        # Its warnings are about the orbits it returns (not the group) and fill a log over a dataset.
+        moyo.setLevel(logging.ERROR)
+    lattice, positions = structure.lattice.matrix.tolist(), structure.frac_coords.tolist()
+    cell = moyopy.Cell(lattice, positions, list(structure.atomic_numbers))
+    try:
+        return int(moyopy.MoyoDataset(cell, symprec=symprec).number)
+    except Exception as exc:  # moyopy raises when no group fits the tolerance
+        raise DataError(f"moyopy found no space group (symprec {symprec} Å): {exc}") from None
 
 
 def spglib_spacegroup(structure: Structure, symprec: float) -> int:

@@ -92,7 +92,8 @@ def architecture_digest(config: Config) -> str:
     with the same weights file (the PyTorch loader would refuse those weights)."""
     settings = {
         "model": config.model.model_dump(mode="json"),
-        "graph": config.data.graph.model_dump(mode="json"),
+        # The space-group search feeds the network but does not shape it.
+        "graph": config.data.graph.model_dump(mode="json", exclude={"symmetry"}),
         "use_structure": config.data.use_structure,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

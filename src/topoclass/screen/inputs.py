@@ -9,9 +9,10 @@ entries sorted), so a list of inputs always cuts into the same chunks. Each item
 the reason instead of a material, and the screen goes on.
 
 A JSON document may also state its space group the way the Materials Project does
-(``symmetry.number`` with the ``symmetry.symprec`` it was found at). Found at the model's own
-tolerance, it is kept and spglib's search, two thirds of a structure's featurization, is
-skipped; found at another tolerance, or stated without one, it is searched again.
+(``symmetry.number`` with the ``symmetry.symprec`` spglib found it at). Found at the tolerance
+of a model trained on spglib's groups, it is kept and spglib's search, two thirds of a
+structure's featurization, is skipped; found at another tolerance, stated without one, or for a
+model trained on moyopy's groups, it is searched again.
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ def iter_items(
     """Every item of ``inputs``, in order. ``payload`` says for which items (by position) the
     material is wanted; for the others only ids and sources are (counting the input, or items
     another process screens), and the readers skip the work they can. ``symprec`` is the
-    tolerance (Å) of the space groups the model was trained on: a JSON document's space group
-    stated at it is kept (None: every space group is searched)."""
+    spglib tolerance (Å) of the space groups the model was trained on: a JSON document's space
+    group stated at it is kept (None, as for a model trained on moyopy's groups: every space
+    group is searched)."""
     cursor = _Cursor(payload, symprec)
     for entry in inputs:
         for item in _read(entry, cursor):

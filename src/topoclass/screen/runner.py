@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from topoclass import distributed
 from topoclass.app.predict import TrainedRun, backbone_embedder, prediction_rows
+from topoclass.config import GraphConfig
 from topoclass.data.arrays import FeatureArrays
 from topoclass.data.build import featurize_materials
 from topoclass.distributed import ProcessGroup
@@ -211,7 +212,7 @@ def _screen_chunks(
             mine = iter_items(
                 paths,
                 payload=lambda position: position // settings.chunk_size in wanted,
-                symprec=run.config.data.graph.symprec,
+                symprec=_stated_symprec(run.config.data.graph),
             )
             for chunk, items in enumerate(_batched(mine, settings.chunk_size)):
                 if chunk not in wanted:
@@ -338,6 +339,12 @@ def _fingerprint(run: TrainedRun, found: InputSurvey, settings: ScreenSettings) 
         "inputs": {"paths": found.paths, "items": found.items, "digest": found.digest},
         "settings": settings.fingerprinted(),
     }
+
+
+def _stated_symprec(graph: GraphConfig) -> float | None:
+    """The tolerance at which a document's stated space group is what the model would find: the
+    Materials Project states spglib's, so none for a model trained on moyopy's."""
+    return graph.symprec if graph.symmetry == "spglib" else None
 
 
 def _batched(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
